@@ -1,0 +1,154 @@
+namespace OrtFinetune.Onnx;
+
+/// <summary>
+/// Appends nodes to a graph with unique names. Every helper returns the name of the value it
+/// creates, so blocks compose: <c>b.Mul(b.Sub(x, y), s)</c>. Opset-dependent forms (axes as
+/// attribute or input) are chosen from <see cref="Opset"/>.
+/// </summary>
+public sealed class GraphBuilder
+{
+    public Graph Graph { get; }
+    /// <summary>ai.onnx opset the emitted nodes must conform to.</summary>
+    public long Opset { get; }
+    /// <summary>Prefix for names of emitted nodes and values (e.g. "encoder/mlp/MatMul_grad").</summary>
+    public string Prefix { get; set; } = "";
+    readonly HashSet<string> _used;
+    readonly Dictionary<string, int> _counters = new();
+    readonly Dictionary<(DataType, string), string> _constCache = new();
+
+    public GraphBuilder(Graph graph, long opset)
+    {
+        Graph = graph; Opset = opset;
+        _used = graph.AllNames();
+        foreach (var n in graph.Nodes) if (n.Name.Length > 0) _used.Add(n.Name);
+    }
+
+    /// <summary>A fresh name starting with <paramref name="hint"/>, unique in the graph.</summary>
+    public string Unique(string hint)
+    {
+        var baseName = Prefix.Length > 0 ? $"{Prefix}/{hint}" : hint;
+        if (_used.Add(baseName)) return baseName;
+        _counters.TryGetValue(baseName, out int k);
+        string name;
+        do name = $"{baseName}_{++k}"; while (!_used.Add(name));
+        _counters[baseName] = k;
+        return name;
+    }
+
+    /// <summary>Reserves an exact name (e.g. an interface name such as "loss"); throws if taken.</summary>
+    public string Reserve(string exact)
+    {
+        if (!_used.Add(exact)) throw new OnnxFormatException($"name '{exact}' is already used in the graph");
+        return exact;
+    }
+
+    public Node AddNode(string opType, IEnumerable<string> inputs, IEnumerable<string> outputs, string domain = "", params Attribute[] attrs)
+    {
+        var n = new Node(opType, inputs, outputs, Unique(opType), domain);
+        foreach (var a in attrs) n.Set(a);
+        Graph.Nodes.Add(n);
+        return n;
+    }
+
+    /// <summary>Emits one node with a single fresh output and returns that output's name.</summary>
+    public string Op(string opType, IEnumerable<string> inputs, params Attribute[] attrs) =>
+        OpDomain(opType, "", inputs, attrs);
+
+    public string OpDomain(string opType, string domain, IEnumerable<string> inputs, params Attribute[] attrs)
+    {
+        var o = Unique(opType.ToLowerInvariant());
+        AddNode(opType, inputs, [o], domain, attrs);
+        return o;
+    }
+
+    public string[] OpN(string opType, IEnumerable<string> inputs, int outputs, params Attribute[] attrs)
+    {
+        var outs = Enumerable.Range(0, outputs).Select(i => Unique(opType.ToLowerInvariant())).ToArray();
+        AddNode(opType, inputs, outs, "", attrs);
+        return outs;
+    }
+
+    // ------------------------------------------------------------ constants
+
+    /// <summary>Adds a constant tensor as an initializer and returns its (fresh) name.</summary>
+    public string Const(Tensor t, string hint = "const")
+    {
+        var name = Unique(hint);
+        Graph.Initializers[name] = t.WithName(name);
+        return name;
+    }
+
+    string Cached(DataType t, string key, Func<Tensor> make)
+    {
+        if (_constCache.TryGetValue((t, key), out var n) && Graph.Initializers.ContainsKey(n)) return n;
+        n = Const(make(), "c");
+        _constCache[(t, key)] = n;
+        return n;
+    }
+
+    /// <summary>A 1-D int64 constant.</summary>
+    public string Ints(params long[] v) => Cached(DataType.Int64, "i[" + string.Join(",", v) + "]", () => Tensor.Int64("", v, v.Length));
+    /// <summary>A 0-D int64 constant.</summary>
+    public string IntScalar(long v) => Cached(DataType.Int64, "is" + v, () => Tensor.Int64("", [v]));
+    /// <summary>A 0-D constant of the given element type.</summary>
+    public string Scalar(double v, DataType t) => Cached(t, "s" + v.ToString("R"), () => Tensor.OfType("", t, [v]));
+
+    // ------------------------------------------------------------ common ops
+
+    public string Add(string a, string b) => Op("Add", [a, b]);
+    public string Sub(string a, string b) => Op("Sub", [a, b]);
+    public string Mul(string a, string b) => Op("Mul", [a, b]);
+    public string Div(string a, string b) => Op("Div", [a, b]);
+    public string Neg(string a) => Op("Neg", [a]);
+    public string Cast(string a, DataType to) => Op("Cast", [a], Attribute.Of("to", (long)to));
+    public string Shape(string a) => Op("Shape", [a]);
+    public string Reshape(string a, string shape) => Op("Reshape", [a, shape]);
+    public string Transpose(string a, params long[] perm) => Op("Transpose", [a], Attribute.Of("perm", perm));
+    public string Expand(string a, string shape) => Op("Expand", [a, shape]);
+    public string Where(string c, string x, string y) => Op("Where", [c, x, y]);
+    public string MatMul(string a, string b) => Op("MatMul", [a, b]);
+    public string Concat(long axis, params string[] xs) => Op("Concat", xs, Attribute.Of("axis", axis));
+
+    public string Sum(IReadOnlyList<string> xs) => xs.Count == 1 ? xs[0] : xs.Count == 2 ? Add(xs[0], xs[1]) : Op("Sum", xs);
+
+    /// <summary>Shape(x)[start:end] (end exclusive; may be long.MaxValue).</summary>
+    public string ShapeSlice(string x, long start, long end) =>
+        Opset >= 15 ? Op("Shape", [x], Attribute.Of("start", start), Attribute.Of("end", end))
+                    : Slice(Shape(x), [start], [end], [0]);
+
+    public string Slice(string x, long[] starts, long[] ends, long[] axes, long[]? steps = null)
+    {
+        var ins = new List<string> { x, Ints(starts), Ints(ends), Ints(axes) };
+        if (steps != null) ins.Add(Ints(steps));
+        return Op("Slice", ins);
+    }
+
+    public string Unsqueeze(string x, params long[] axes) => Opset >= 13
+        ? Op("Unsqueeze", [x, Ints(axes)]) : Op("Unsqueeze", [x], Attribute.Of("axes", axes));
+
+    public string Squeeze(string x, params long[] axes) => Opset >= 13
+        ? Op("Squeeze", axes.Length == 0 ? [x] : [x, Ints(axes)]) : Op("Squeeze", [x], Attribute.Of("axes", axes));
+
+    /// <summary>ReduceSum over static axes (opset 13+: axes as an input).</summary>
+    public string ReduceSum(string x, long[] axes, bool keepDims) => Opset >= 13
+        ? Op("ReduceSum", [x, Ints(axes)], Attribute.Of("keepdims", keepDims ? 1L : 0L))
+        : Op("ReduceSum", [x], Attribute.Of("axes", axes), Attribute.Of("keepdims", keepDims ? 1L : 0L));
+
+    /// <summary>ReduceSum over axes given as a runtime int64 tensor (empty = no-op).</summary>
+    public string ReduceSumDynamic(string x, string axes, bool keepDims) =>
+        Op("ReduceSum", [x, axes], Attribute.Of("keepdims", keepDims ? 1L : 0L), Attribute.Of("noop_with_empty_axes", 1L));
+
+    public string ReduceMean(string x, long[] axes, bool keepDims) => Opset >= 18
+        ? Op("ReduceMean", [x, Ints(axes)], Attribute.Of("keepdims", keepDims ? 1L : 0L))
+        : Op("ReduceMean", [x], Attribute.Of("axes", axes), Attribute.Of("keepdims", keepDims ? 1L : 0L));
+
+    /// <summary>A tensor of the given runtime shape filled with <paramref name="value"/>.</summary>
+    public string Fill(string shape, DataType t, double value) =>
+        Op("ConstantOfShape", [shape], Attribute.Of("value", Tensor.OfType("value", t, [value], 1)));
+
+    /// <summary>Zeros shaped and typed like <paramref name="like"/>.</summary>
+    public string ZerosLike(string like, DataType t) => Fill(Shape(like), t, 0);
+
+    /// <summary>Records the type of a value created by the builder (optional; helps later passes).</summary>
+    public void SetType(string value, TensorType t) => Graph.ValueTypes[value] = t;
+}

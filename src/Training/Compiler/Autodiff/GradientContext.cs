@@ -1,0 +1,152 @@
+using OrtFinetune.Onnx;
+
+namespace OrtFinetune.Training.Compiler.Autodiff;
+
+/// <summary>
+/// What a gradient rule sees: the forward node, its inputs I(i) and outputs O(i), the incoming
+/// output gradients GO(i), which input gradients are wanted (Need(i)), and a builder to emit the
+/// backward nodes. A rule calls SetGI(i, value) for each needed input. Rules are dtype-generic:
+/// constants are made with <see cref="ScalarLike"/> in the dtype of the value they combine with.
+/// </summary>
+public sealed class GradientContext
+{
+    readonly string?[] _outGrads;
+    readonly bool[] _need;
+    readonly string?[] _inGrads;
+
+    public Node Node { get; }
+    public GraphBuilder B { get; }
+    public Graph Graph { get; }
+    public long Opset => B.Opset;
+
+    internal GradientContext(Node node, GraphBuilder b, string?[] outGrads, bool[] need)
+    {
+        Node = node; B = b; Graph = b.Graph; _outGrads = outGrads; _need = need;
+        _inGrads = new string?[node.Inputs.Count];
+    }
+
+    public string I(int i) => Node.Input(i);
+    public string O(int i) => Node.Output(i);
+    public int InputCount => Node.Inputs.Count;
+    public int OutputCount => Node.Outputs.Count;
+
+    /// <summary>Gradient flowing into output i, or null when no gradient reaches it.</summary>
+    public string? GO(int i) => i < _outGrads.Length ? _outGrads[i] : null;
+
+    /// <summary>Gradient of output i, or zeros shaped like it when none reaches it.</summary>
+    public string GOOrZeros(int i) => GO(i) ?? B.ZerosLike(O(i), ElemType(O(i)));
+
+    /// <summary>Whether the gradient of input i is wanted.</summary>
+    public bool Need(int i) => i < _need.Length && _need[i];
+
+    public void SetGI(int i, string grad)
+    {
+        if (!Need(i)) return;
+        _inGrads[i] = grad;
+    }
+
+    internal string? InputGradient(int i) => _inGrads[i];
+
+    // ---------------------------------------------------------------- types and shapes
+
+    public TensorType Type(string value) =>
+        Graph.TypeOf(value) ?? throw new CompileException($"{Node.Describe()}: the type of '{value}' is unknown (shape inference could not determine it)");
+
+    public DataType ElemType(string value) => Type(value).ElemType;
+
+    /// <summary>The shape of a value; throws a clear error when its rank is unknown.</summary>
+    public Dim[] ShapeOf(string value) =>
+        Type(value).Shape ?? throw new CompileException($"{Node.Describe()}: the rank of '{value}' is unknown; its gradient needs it (give the model input shapes)");
+
+    public int Rank(string value) => ShapeOf(value).Length;
+
+    public long? StaticDim(string value, int axis) { var s = ShapeOf(value); return s[axis < 0 ? axis + s.Length : axis].Value; }
+
+    public long GetInt(string attr, long dflt) => Node.GetInt(attr, dflt);
+    public float GetFloat(string attr, float dflt) => Node.GetFloat(attr, dflt);
+
+    /// <summary>Static value of input i when it is an initializer or a Constant node's output (axes, shapes, ratios).</summary>
+    public Tensor? ConstantInput(int i) => ConstantValue(I(i));
+
+    public Tensor? ConstantValue(string value)
+    {
+        if (value.Length == 0) return null;
+        if (Graph.Initializers.TryGetValue(value, out var t)) return t;
+        foreach (var n in Graph.Nodes)
+            if (n.OpType == "Constant" && n.Domain == "" && n.Output(0) == value)
+                return n.Attr("value")?.T ?? ConstantFromAttrs(n);
+        return null;
+    }
+
+    static Tensor? ConstantFromAttrs(Node n)
+    {
+        if (n.Attr("value_float") is { } f) return Tensor.Float("", [f.F]);
+        if (n.Attr("value_floats") is { } fs) return Tensor.Float("", fs.Floats, fs.Floats.Length);
+        if (n.Attr("value_int") is { } i) return Tensor.Int64("", [i.I]);
+        if (n.Attr("value_ints") is { } iz) return Tensor.Int64("", iz.Ints, iz.Ints.Length);
+        return null;
+    }
+
+    /// <summary>
+    /// Makes sure the forward node exposes output i (e.g. Dropout's mask, MaxPool's indices,
+    /// LayerNormalization's statistics), adding it if the model left it out, and returns its name.
+    /// </summary>
+    public string EnsureOutput(int i, string hint, TensorType? type = null)
+    {
+        while (Node.Outputs.Count <= i) Node.Outputs.Add("");
+        if (Node.Outputs[i].Length == 0)
+        {
+            var baseName = Node.Name.Length > 0 ? Node.Name : Node.Output(0);
+            var saved = B.Prefix; B.Prefix = "";
+            Node.Outputs[i] = B.Unique($"{baseName}/{hint}");
+            B.Prefix = saved;
+        }
+        if (type != null) Graph.ValueTypes[Node.Outputs[i]] = type;
+        return Node.Outputs[i];
+    }
+
+    /// <summary>A 0-D constant in the element type of <paramref name="like"/>.</summary>
+    public string ScalarLike(double v, string like) => B.Scalar(v, ElemType(like));
+
+    /// <summary>Axis normalized to [0, rank).</summary>
+    public static int NormAxis(long axis, int rank) => (int)(axis < 0 ? axis + rank : axis);
+
+    /// <summary>
+    /// Reduces <paramref name="grad"/> (shaped like the broadcast result) to the shape of
+    /// <paramref name="target"/>: sums the leading axes the target lacks and the axes where the
+    /// target has size 1. Decided statically when shapes allow, otherwise at run time.
+    /// <paramref name="shapedLike"/> is a forward value shaped like <paramref name="grad"/> (default: output 0);
+    /// gradients themselves carry no recorded type: a gradient is always shaped like its forward value.
+    /// </summary>
+    public string Unbroadcast(string grad, string target, string? shapedLike = null)
+    {
+        var ts = ShapeOf(target);
+        var gs = ShapeOf(shapedLike ?? O(0));
+        int lead = gs.Length - ts.Length;
+        if (lead < 0) throw new CompileException($"{Node.Describe()}: gradient of rank {gs.Length} cannot be reduced to '{target}' of rank {ts.Length}");
+        var axes = new List<long>();
+        for (int a = 0; a < lead; a++) axes.Add(a);
+        bool dynamic = false;
+        for (int a = 0; a < ts.Length; a++)
+        {
+            var td = ts[a]; var gd = gs[a + lead];
+            if (td.Value == 1 && gd.Value != 1) { if (gd.IsKnown) axes.Add(a + lead); else dynamic = true; }
+            else if (td.IsKnown && td.Value != 1) { }
+            else if (!td.IsKnown && !(gd.SameAs(td) || (gd.IsKnown && gd.Value != 1))) dynamic = true;
+        }
+        if (!dynamic)
+        {
+            if (axes.Count == 0) return grad;
+            var r = B.ReduceSum(grad, axes.ToArray(), keepDims: true);
+            return lead > 0 ? B.Reshape(r, B.Shape(target)) : r;
+        }
+        // Run-time: axes where Shape(target) (left-padded with 1s) is 1 and Shape(grad) is not.
+        var tShape = B.Shape(target);
+        var padded = lead > 0 ? B.Concat(0, B.Ints(Enumerable.Repeat(1L, lead).ToArray()), tShape) : tShape;
+        var one = B.IntScalar(1);
+        var mask = B.Op("And", [B.Op("Equal", [padded, one]), B.Op("Not", [B.Op("Equal", [B.Shape(grad), one])])]);
+        var dynAxes = B.Reshape(B.Op("NonZero", [mask]), B.Ints(-1));
+        var summed = B.ReduceSumDynamic(grad, dynAxes, keepDims: true);
+        return B.Reshape(summed, tShape);
+    }
+}

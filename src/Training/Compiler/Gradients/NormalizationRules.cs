@@ -1,0 +1,11 @@
+using OrtFinetune.Onnx;
+using OrtFinetune.Training.Compiler.Autodiff;
+
+namespace OrtFinetune.Training.Compiler.Gradients;
+
+public static class NormalizationRules
+{
+    public static void Register(GradientRegistry r)
+    {
+    }
+}

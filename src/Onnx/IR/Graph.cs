@@ -121,6 +121,23 @@ public sealed class Graph
         foreach (var name in Initializers.Keys.Where(k => !needed.Contains(k)).ToList()) Initializers.Remove(name);
     }
 
+    /// <summary>A copy whose node, input, output and type lists can be changed freely; tensors are shared (immutable).</summary>
+    public Graph Clone()
+    {
+        var g = new Graph { Name = Name };
+        foreach (var n in Nodes)
+        {
+            var c = new Node(n.OpType, n.Inputs, n.Outputs, n.Name, n.Domain);
+            foreach (var a in n.Attributes.Values) c.Set(a);
+            g.Nodes.Add(c);
+        }
+        g.Inputs.AddRange(Inputs);
+        g.Outputs.AddRange(Outputs);
+        foreach (var (k, v) in Initializers) g.Initializers[k] = v;
+        foreach (var (k, v) in ValueTypes) g.ValueTypes[k] = v;
+        return g;
+    }
+
     /// <summary>Names a subgraph reads that it does not define itself (outer-scope references).</summary>
     public IEnumerable<string> OuterScopeReads()
     {
@@ -141,6 +158,15 @@ public sealed class Model
     public string ProducerName { get; set; } = "OrtFinetune";
     public string ProducerVersion { get; set; } = "0.1";
     public Dictionary<string, string> Metadata { get; } = new();
+
+    public Model Clone()
+    {
+        var m = new Model { Graph = Graph.Clone(), IrVersion = IrVersion, ProducerName = ProducerName, ProducerVersion = ProducerVersion };
+        m.Opsets.Clear();
+        foreach (var (k, v) in Opsets) m.Opsets[k] = v;
+        foreach (var (k, v) in Metadata) m.Metadata[k] = v;
+        return m;
+    }
 
     public long OpsetOf(string domain) => Opsets.TryGetValue(Node.NormalizeDomain(domain), out var v) ? v : 0;
 }

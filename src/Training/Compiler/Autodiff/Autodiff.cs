@@ -153,5 +153,29 @@ public static class Autodiff
         return result;
     }
 
+    /// <summary>
+    /// The subset of <paramref name="candidates"/> from which a gradient can reach <paramref name="loss"/>
+    /// through differentiable slots and floating-point values (the trainable parameters by default).
+    /// </summary>
+    public static HashSet<string> ReachingLoss(Graph g, string loss, IEnumerable<string> candidates, GradientRegistry? registry = null)
+    {
+        registry ??= GradientRegistry.Default;
+        var needed = new HashSet<string> { loss };
+        for (int k = g.Nodes.Count - 1; k >= 0; k--)
+        {
+            var n = g.Nodes[k];
+            var rule = registry.Find(n.Domain, n.OpType);
+            if (rule?.Kind == GradientKind.NotDifferentiable) continue;
+            bool active = false;
+            for (int j = 0; j < n.Outputs.Count; j++)
+                if (needed.Contains(n.Outputs[j]) && IsFloat(g, n.Outputs[j]) && (rule == null || rule.OutputIsDifferentiable(j))) active = true;
+            if (!active) continue;
+            for (int i = 0; i < n.Inputs.Count; i++)
+                if (n.Inputs[i].Length > 0 && IsFloat(g, n.Inputs[i]) && (rule == null || rule.InputIsDifferentiable(i)))
+                    needed.Add(n.Inputs[i]);
+        }
+        return candidates.Where(needed.Contains).ToHashSet();
+    }
+
     static bool IsFloat(Graph g, string v) => g.TypeOf(v) is not { } t || t.ElemType == DataType.Undefined || t.ElemType.IsFloat();
 }

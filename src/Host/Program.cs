@@ -1,0 +1,15 @@
+using OrtFinetune.Host.Commands;
+using System.CommandLine;
+
+namespace OrtFinetune.Host;
+
+public static class Program
+{
+    public static int Main(string[] args)
+    {
+        var root = new RootCommand("OrtFinetune: compile ONNX models into training graphs and finetune them on ONNX Runtime.");
+        root.Subcommands.Add(CompileCommand.Create());
+        root.Subcommands.Add(StepCommand.Create());
+        return root.Parse(args).Invoke();
+    }
+}

@@ -40,10 +40,10 @@ public class CompileCommandTests : IDisposable
         using (var s = new InferenceSession(Path.Combine(outDir, "training_model.onnx")))
         {
             Assert.Equal(["input", "labels", "fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias", "fc3.weight", "fc3.bias"], s.InputNames);
-            Assert.Equal(["loss", "logits", "fc1.weight_grad", "fc1.bias_grad", "fc2.weight_grad", "fc2.bias_grad", "fc3.weight_grad", "fc3.bias_grad"], s.OutputNames);
+            Assert.Equal(["loss", "logits", "fc1.weight_grad", "fc1.bias_grad", "fc2.weight_grad", "fc2.bias_grad", "fc3.weight_grad", "fc3.bias_grad", "top1_correct", "top5_correct"], s.OutputNames);
         }
         using (var s = new InferenceSession(Path.Combine(outDir, "eval_model.onnx")))
-            Assert.Equal(["loss", "logits"], s.OutputNames);
+            Assert.Equal(["loss", "logits", "top1_correct", "top5_correct"], s.OutputNames);
         using var manifest = JsonDocument.Parse(File.ReadAllText(Path.Combine(outDir, "artifacts.json")));
         Assert.Equal(6, manifest.RootElement.GetProperty("parameters").GetArrayLength());
         Assert.False(Directory.EnumerateFiles(outDir, "*.tmp").Any());
@@ -58,7 +58,7 @@ public class CompileCommandTests : IDisposable
         Assert.True(code == 0, stderr);
         using var s = new InferenceSession(Path.Combine(outDir, "training_model.onnx"));
         Assert.Equal(["input", "labels", "fc3.weight", "fc3.bias"], s.InputNames);
-        Assert.Equal(["loss", "logits", "fc3.weight_grad", "fc3.bias_grad"], s.OutputNames);
+        Assert.Equal(["loss", "logits", "fc3.weight_grad", "fc3.bias_grad", "top1_correct", "top5_correct"], s.OutputNames);
     }
 
     [Fact]

@@ -3,6 +3,7 @@ using System.Text.RegularExpressions;
 using OrtFinetune.Onnx;
 using OrtFinetune.Training.Compiler.Autodiff;
 using OrtFinetune.Training.Compiler.Losses;
+using Attribute = OrtFinetune.Onnx.Attribute;
 
 namespace OrtFinetune.Training.Compiler;
 
@@ -17,6 +18,14 @@ public sealed record CompileOptions
     public IReadOnlyList<string> Freeze { get; init; } = [];
     /// <summary>Name of the labels input of the training and eval models.</summary>
     public string LabelsInput { get; init; } = "labels";
+    /// <summary>
+    /// Add in-graph gradient accumulation (as ORT's training artifacts had): inputs lazy_reset_grad and
+    /// &lt;param&gt;_grad.accumulation.buffer; each &lt;param&gt;_grad output is reset ? g : buffer + g, so it can
+    /// be written into the buffer it reads (one gradient buffer per parameter).
+    /// </summary>
+    public bool GradientAccumulation { get; init; }
+    /// <summary>Add top1_correct / top5_correct (int64 counts) outputs for (N, C) logits.</summary>
+    public bool Metrics { get; init; } = true;
 }
 
 /// <summary>What <see cref="TrainingCompiler.Compile"/> produces. See docs/artifacts.md for the contract.</summary>
@@ -35,6 +44,11 @@ public sealed class TrainingArtifacts
     public TimeSpan CompileTime { get; init; }
 
     public const string LossOutput = "loss";
+    public const string LazyResetGrad = "lazy_reset_grad";
+    public const string Top1 = "top1_correct", Top5 = "top5_correct";
+    public static string AccumulationBuffer(string param) => param + "_grad.accumulation.buffer";
+    public bool HasAccumulation { get; init; }
+    public bool HasMetrics { get; init; }
     public static string GradName(string param) => param + "_grad";
     public static string UpdatedName(string buffer) => buffer + "_updated";
 }
@@ -108,6 +122,23 @@ public static class TrainingCompiler
         var forwardInputs = fg.Inputs.Select(i => new ValueInfo(i.Name, g.TypeOf(i.Name) ?? i.Type)).ToList();
 
         var grads = Autodiff.Autodiff.Differentiate(g, opset, TrainingArtifacts.LossOutput, parameters, registry);
+        var accInputs = new List<ValueInfo>();
+        if (options.GradientAccumulation)
+        {
+            b.Prefix = "";
+            accInputs.Add(new ValueInfo(TrainingArtifacts.LazyResetGrad, new TensorType(DataType.Bool, [])));
+            for (int i = 0; i < parameters.Count; i++)
+            {
+                var fresh = b.Unique(grads[i] + "/this_step");
+                var producer = g.Producers()[grads[i]];
+                producer.Outputs[producer.Outputs.IndexOf(grads[i])] = fresh;
+                var buffer = TrainingArtifacts.AccumulationBuffer(parameters[i]);
+                accInputs.Add(new ValueInfo(buffer, paramTensors[i].TensorType));
+                var sum = b.Add(buffer, fresh);
+                g.Nodes.Add(new Node("Where", [TrainingArtifacts.LazyResetGrad, fresh, sum], [grads[i]], b.Unique("accumulate")));
+            }
+        }
+        var metricOutputs = options.Metrics ? AddMetrics(b, logits, options.LabelsInput, lt) : [];
 
         // Interface: inputs = forward inputs, labels, parameters, buffers; outputs = loss, forward outputs, grads, updated buffers.
         g.Inputs.Clear();
@@ -115,6 +146,7 @@ public static class TrainingCompiler
         g.Inputs.Add(new ValueInfo(options.LabelsInput, labelsType));
         g.Inputs.AddRange(paramTensors.Select(t => new ValueInfo(t.Name, t.TensorType)));
         g.Inputs.AddRange(bufferTensors.Select(t => new ValueInfo(t.Name, t.TensorType)));
+        g.Inputs.AddRange(accInputs);
         g.Outputs.Clear();
         g.Outputs.Add(new ValueInfo(TrainingArtifacts.LossOutput, g.TypeOf(TrainingArtifacts.LossOutput)!));
         g.Outputs.AddRange(forwardOutputs);
@@ -131,6 +163,7 @@ public static class TrainingCompiler
             else if (node.Outputs[outSlot] != updated) g.Nodes.Add(new Node("Identity", [node.Outputs[outSlot]], [updated], b.Unique("Identity")));
             g.Outputs.Add(new ValueInfo(updated, g.Initializers.GetValueOrDefault(name)?.TensorType ?? bufferTensors.First(t => t.Name == name).TensorType));
         }
+        g.Outputs.AddRange(metricOutputs);
         g.RemoveDeadNodes();
         g.SortTopologically();
         g.Name = "training";
@@ -144,6 +177,7 @@ public static class TrainingCompiler
             TrainingModel = train, EvalModel = eval, Parameters = paramTensors, Buffers = bufferTensors,
             ForwardInputs = forwardInputs, ForwardOutputs = forwardOutputs, Labels = options.LabelsInput,
             FrozenParameters = frozen, CompileTime = sw.Elapsed,
+            HasAccumulation = options.GradientAccumulation, HasMetrics = metricOutputs.Count > 0,
         };
     }
 
@@ -181,10 +215,32 @@ public static class TrainingCompiler
         g.Outputs.Clear();
         g.Outputs.Add(new ValueInfo(TrainingArtifacts.LossOutput, new TensorType(lt.ElemType, [])));
         g.Outputs.AddRange(outputs);
+        if (o.Metrics) g.Outputs.AddRange(AddMetrics(b, logits, o.LabelsInput, lt));
         g.RemoveDeadNodes();
         g.Name = "eval";
         eval.Metadata["ortfinetune.role"] = "eval";
         return eval;
+    }
+
+    /// <summary>Counts of samples whose label is the top-1 / among the top-5 logits, for (N, C) logits.</summary>
+    static List<ValueInfo> AddMetrics(GraphBuilder b, string logits, string labels, TensorType lt)
+    {
+        if (lt.Shape is not { Length: 2 } || !lt.Shape[1].IsKnown) return [];
+        long c = lt.Shape[1].Value!.Value;
+        b.Reserve(TrainingArtifacts.Top1); b.Reserve(TrainingArtifacts.Top5);
+        var saved = b.Prefix; b.Prefix = "metrics";
+        var lab = b.Unsqueeze(labels, 1);
+        var top1 = b.Op("ArgMax", [logits], Attribute.Of("axis", 1L), Attribute.Of("keepdims", 1L));
+        var hit1 = b.Cast(b.Op("Equal", [top1, lab]), DataType.Int64);
+        b.Graph.Nodes.Add(new Node("ReduceSum", [hit1], [TrainingArtifacts.Top1], b.Unique("ReduceSum")).Set(Attribute.Of("keepdims", 0L)));
+        var idx = b.Unique("top5_indices");
+        var vals = b.Unique("top5_values");
+        b.Graph.Nodes.Add(new Node("TopK", [logits, b.Ints(Math.Min(5, c))], [vals, idx], b.Unique("TopK")).Set(Attribute.Of("axis", 1L)));
+        var hit5 = b.Cast(b.Op("Equal", [idx, lab]), DataType.Int64);
+        b.Graph.Nodes.Add(new Node("ReduceSum", [hit5], [TrainingArtifacts.Top5], b.Unique("ReduceSum")).Set(Attribute.Of("keepdims", 0L)));
+        b.Prefix = saved;
+        var t = new TensorType(DataType.Int64, []);
+        return [new ValueInfo(TrainingArtifacts.Top1, t), new ValueInfo(TrainingArtifacts.Top5, t)];
     }
 
     static Regex Glob(string pattern) =>

@@ -49,7 +49,7 @@ public class TorchParityTests(ITestOutputHelper log)
         // The interface contract: inputs = forward inputs, labels, parameters, buffers; outputs = loss, forward outputs, grads, buffers.
         var tg = art.TrainingModel.Graph;
         Assert.Equal(["input", "labels", .. art.Parameters.Select(p => p.Name), .. art.Buffers.Select(b => b.Name)], tg.Inputs.Select(i => i.Name));
-        Assert.Equal(["loss", "logits", .. art.Parameters.Select(p => p.Name + "_grad"), .. art.Buffers.Select(b => b.Name + "_updated")], tg.Outputs.Select(o => o.Name));
+        Assert.Equal(["loss", "logits", .. art.Parameters.Select(p => p.Name + "_grad"), .. art.Buffers.Select(b => b.Name + "_updated"), "top1_correct", "top5_correct"], tg.Outputs.Select(o => o.Name));
 
         var feeds = new Dictionary<string, HostTensor>
         {

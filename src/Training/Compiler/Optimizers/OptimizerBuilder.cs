@@ -1,0 +1,166 @@
+using System.Text.RegularExpressions;
+using OrtFinetune.Onnx;
+using Attribute = OrtFinetune.Onnx.Attribute;
+
+namespace OrtFinetune.Training.Compiler.Optimizers;
+
+/// <summary>Optimizer hyperparameters, with torch.optim's names and defaults.</summary>
+public sealed record OptimizerOptions
+{
+    /// <summary>"sgd", "adam" or "adamw".</summary>
+    public string Type { get; init; } = "adamw";
+    public double Momentum { get; init; }
+    public double Dampening { get; init; }
+    public bool Nesterov { get; init; }
+    public double Beta1 { get; init; } = 0.9;
+    public double Beta2 { get; init; } = 0.999;
+    public double Eps { get; init; } = 1e-8;
+    /// <summary>L2 penalty (SGD, Adam) or decoupled decay (AdamW).</summary>
+    public double WeightDecay { get; init; } = 0.01;
+    /// <summary>Clip gradients to this global L2 norm (torch.nn.utils.clip_grad_norm_); null = no clipping.</summary>
+    public double? MaxGradNorm { get; init; }
+    /// <summary>Glob patterns of parameters without weight decay. Null = biases and norm weights (parameters with fewer than 2 dimensions).</summary>
+    public IReadOnlyList<string>? NoDecay { get; init; }
+
+    public void Validate()
+    {
+        if (Type is not ("sgd" or "adam" or "adamw")) throw new CompileException($"optimizer '{Type}' is not supported (supported: sgd, adam, adamw)");
+        if (Momentum < 0) throw new CompileException($"momentum {Momentum} must be >= 0");
+        if (Nesterov && (Momentum <= 0 || Dampening != 0)) throw new CompileException("nesterov momentum requires momentum > 0 and dampening 0");
+        if (Beta1 is < 0 or >= 1 || Beta2 is < 0 or >= 1) throw new CompileException($"betas ({Beta1}, {Beta2}) must be in [0, 1)");
+        if (Eps <= 0) throw new CompileException($"eps {Eps} must be > 0");
+        if (WeightDecay < 0) throw new CompileException($"weight decay {WeightDecay} must be >= 0");
+        if (MaxGradNorm is <= 0) throw new CompileException($"max gradient norm {MaxGradNorm} must be > 0");
+    }
+
+    public bool Decays(Tensor p) => WeightDecay > 0 && (NoDecay == null
+        ? p.Dims.Length >= 2
+        : !NoDecay.Any(g => Regex.IsMatch(p.Name, "^" + Regex.Escape(g).Replace("\\*", ".*").Replace("\\?", ".") + "$")));
+
+    /// <summary>State tensors kept per parameter, as name suffixes.</summary>
+    public string[] StateSuffixes => Type switch
+    {
+        "sgd" => Momentum > 0 ? ["momentum_buffer"] : [],
+        _ => ["exp_avg", "exp_avg_sq"],
+    };
+}
+
+/// <summary>
+/// Emits the optimizer step as an ONNX graph (optimizer_model.onnx), with torch.optim semantics.
+/// Inputs: learning_rate (float), step (int64, the 1-based number of this update), grad_scale (float,
+/// gradients are divided by it: the loss scale of 16-mixed, else 1), then per parameter p: p, p_grad,
+/// then per parameter its state tensors (p.exp_avg, p.exp_avg_sq or p.momentum_buffer).
+/// Outputs: all_finite (bool), grad_norm (float, global L2 norm of the unscaled gradients before
+/// clipping), then p.updated per parameter, then each state's .updated. When a gradient is not finite
+/// every output equals its input (the update is skipped, as GradScaler does). Each .updated output is
+/// written by the last node that reads the corresponding input, so it may alias the input buffer.
+/// </summary>
+public static class OptimizerBuilder
+{
+    public const string LearningRate = "learning_rate", Step = "step", GradScale = "grad_scale", AllFinite = "all_finite", GradNorm = "grad_norm";
+    public static string Updated(string name) => name + ".updated";
+    public static string StateName(string param, string suffix) => $"{param}.{suffix}";
+
+    public static Model Build(IReadOnlyList<Tensor> parameters, OptimizerOptions o, long opset = 17)
+    {
+        o.Validate();
+        var m = new Model();
+        m.Opsets[""] = Math.Max(opset, 13);
+        var g = m.Graph;
+        g.Name = "optimizer";
+        var b = new GraphBuilder(g, m.OpsetOf(""));
+        var F = DataType.Float;
+        g.Inputs.Add(new ValueInfo(LearningRate, new TensorType(F, [])));
+        g.Inputs.Add(new ValueInfo(Step, new TensorType(DataType.Int64, [])));
+        g.Inputs.Add(new ValueInfo(GradScale, new TensorType(F, [])));
+        foreach (var p in parameters)
+        {
+            g.Inputs.Add(new ValueInfo(p.Name, p.TensorType));
+            g.Inputs.Add(new ValueInfo(p.Name + "_grad", p.TensorType));
+        }
+        foreach (var p in parameters)
+            foreach (var s in o.StateSuffixes) g.Inputs.Add(new ValueInfo(StateName(p.Name, s), p.TensorType));
+
+        // Global gradient norm (fp32), finite flag, and the one scalar every gradient is multiplied by.
+        var sq = parameters.Select(p => b.Op("ReduceSumSquare", [AsFloat(b, p.Name + "_grad", p.Type)], Attribute.Of("keepdims", 0L))).ToList();
+        var norm = b.Div(b.Op("Sqrt", [b.Sum(sq)]), GradScale);
+        var finite = b.Op("Not", [b.Op("Or", [b.Op("IsNaN", [norm]), b.Op("IsInf", [norm])])]);
+        var factor = b.Div(b.Scalar(1, F), GradScale);
+        if (o.MaxGradNorm is double maxNorm)
+        {
+            var coef = b.Div(b.Scalar(maxNorm, F), b.Add(norm, b.Scalar(1e-6, F)));
+            factor = b.Mul(factor, b.Op("Min", [coef, b.Scalar(1, F)]));
+        }
+        var t = b.Cast(Step, F);
+        var outputs = new List<(string Name, string Value, TensorType Type)>();
+        var stateOutputs = new List<(string Name, string Value, TensorType Type)>();
+        var firstStep = b.Op("Equal", [Step, b.IntScalar(1)]);
+        // Scalars shared by all parameters.
+        string? bc1 = null, bc2Sqrt = null;
+        if (o.Type != "sgd")
+        {
+            bc1 = b.Sub(b.Scalar(1, F), b.Op("Pow", [b.Scalar(o.Beta1, F), t]));
+            bc2Sqrt = b.Op("Sqrt", [b.Sub(b.Scalar(1, F), b.Op("Pow", [b.Scalar(o.Beta2, F), t]))]);
+        }
+        foreach (var p in parameters)
+        {
+            var dt = p.Type;
+            b.Prefix = p.Name + "/optim";
+            string S(double v) => b.Scalar(v, dt);
+            string Conv(string scalarF) => dt == F ? scalarF : b.Cast(scalarF, dt);
+            var lr = Conv(LearningRate);
+            var grad = b.Mul(p.Name + "_grad", Conv(factor));
+            bool decay = o.Decays(p);
+            string newP;
+            var newStates = new List<(string Input, string Value)>();
+            if (o.Type == "sgd")
+            {
+                if (decay) grad = b.Add(grad, b.Mul(p.Name, S(o.WeightDecay)));
+                if (o.Momentum > 0)
+                {
+                    var buf = StateName(p.Name, "momentum_buffer");
+                    var running = b.Add(b.Mul(buf, S(o.Momentum)), o.Dampening == 0 ? grad : b.Mul(grad, S(1 - o.Dampening)));
+                    var newBuf = b.Where(firstStep, grad, running);
+                    newStates.Add((buf, newBuf));
+                    grad = o.Nesterov ? b.Add(grad, b.Mul(newBuf, S(o.Momentum))) : newBuf;
+                }
+                newP = b.Sub(p.Name, b.Mul(grad, lr));
+            }
+            else
+            {
+                if (decay && o.Type == "adam") grad = b.Add(grad, b.Mul(p.Name, S(o.WeightDecay)));
+                var m1 = StateName(p.Name, "exp_avg");
+                var m2 = StateName(p.Name, "exp_avg_sq");
+                var newM1 = b.Add(b.Mul(m1, S(o.Beta1)), b.Mul(grad, S(1 - o.Beta1)));
+                var newM2 = b.Add(b.Mul(m2, S(o.Beta2)), b.Mul(b.Mul(grad, grad), S(1 - o.Beta2)));
+                newStates.Add((m1, newM1));
+                newStates.Add((m2, newM2));
+                var denom = b.Add(b.Div(b.Op("Sqrt", [newM2]), Conv(bc2Sqrt!)), S(o.Eps));
+                var stepSize = Conv(b.Div(LearningRate, bc1!));
+                var start = p.Name;
+                if (decay && o.Type == "adamw")
+                    start = b.Mul(p.Name, b.Sub(S(1), b.Mul(lr, S(o.WeightDecay))));
+                newP = b.Sub(start, b.Mul(stepSize, b.Div(newM1, denom)));
+            }
+            outputs.Add((Updated(p.Name), newP, p.TensorType));
+            foreach (var (input, value) in newStates) stateOutputs.Add((Updated(input), value, p.TensorType));
+        }
+        b.Prefix = "";
+        // Skip the whole update when a gradient is not finite: outputs = inputs.
+        foreach (var (name, value, type) in outputs.Concat(stateOutputs))
+        {
+            var input = name[..^".updated".Length];
+            g.Nodes.Add(new Node("Where", [finite, value, input], [name], b.Unique("skip_if_not_finite")));
+        }
+        g.Outputs.Add(new ValueInfo(AllFinite, new TensorType(DataType.Bool, [])));
+        g.Outputs.Add(new ValueInfo(GradNorm, new TensorType(F, [])));
+        g.Nodes.Add(new Node("Identity", [finite], [AllFinite], b.Unique("Identity")));
+        g.Nodes.Add(new Node("Identity", [norm], [GradNorm], b.Unique("Identity")));
+        foreach (var (name, _, type) in outputs.Concat(stateOutputs)) g.Outputs.Add(new ValueInfo(name, type));
+        m.Metadata["ortfinetune.role"] = "optimizer";
+        m.Metadata["ortfinetune.optimizer"] = o.Type;
+        return m;
+    }
+
+    static string AsFloat(GraphBuilder b, string v, DataType t) => t == DataType.Float ? v : b.Cast(v, DataType.Float);
+}

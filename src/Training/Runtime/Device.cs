@@ -1,0 +1,50 @@
+using Microsoft.ML.OnnxRuntime;
+
+namespace OrtFinetune.Training.Runtime;
+
+/// <summary>Where training runs: "cpu", "cuda" or "cuda:N".</summary>
+public sealed record DeviceSpec(string Kind, int Index)
+{
+    public static readonly DeviceSpec Cpu = new("cpu", 0);
+    public bool IsCuda => Kind == "cuda";
+
+    public static DeviceSpec Parse(string text)
+    {
+        var t = text.Trim().ToLowerInvariant();
+        if (t == "cpu") return Cpu;
+        if (t == "cuda") return new("cuda", 0);
+        if (t.StartsWith("cuda:") && int.TryParse(t[5..], out var i) && i >= 0) return new("cuda", i);
+        throw new TrainingException($"device '{text}' is not valid (use cpu, cuda or cuda:N)");
+    }
+
+    public override string ToString() => IsCuda ? $"cuda:{Index}" : "cpu";
+
+    /// <summary>Session options for this device. CUDA never falls back silently to the CPU.</summary>
+    public SessionOptions CreateSessionOptions(int intraOpThreads = 0)
+    {
+        var so = new SessionOptions { GraphOptimizationLevel = GraphOptimizationLevel.ORT_ENABLE_ALL };
+        if (intraOpThreads > 0) so.IntraOpNumThreads = intraOpThreads;
+        if (IsCuda)
+        {
+            try { so.AppendExecutionProvider_CUDA(Index); }
+            catch (Exception e) when (e is OnnxRuntimeException or EntryPointNotFoundException or DllNotFoundException)
+            {
+                so.Dispose();
+                throw new TrainingException(
+                    $"the CUDA execution provider is not available for device {this}: {e.Message.Trim()} " +
+                    "(build with -p:OrtGpu=true to use Microsoft.ML.OnnxRuntime.Gpu.Linux 1.31.0, and make libcudart.so.13, libcublas.so.13 and libcudnn.so.9 loadable through LD_LIBRARY_PATH)", e);
+            }
+        }
+        return so;
+    }
+
+    public OrtMemoryInfo MemoryInfo() => IsCuda
+        ? new OrtMemoryInfo(OrtMemoryInfo.allocatorCUDA, OrtAllocatorType.ArenaAllocator, Index, OrtMemType.Default)
+        : OrtMemoryInfo.DefaultInstance;
+}
+
+/// <summary>A training run cannot go on; the message says what and why.</summary>
+public sealed class TrainingException : Exception
+{
+    public TrainingException(string message, Exception? inner = null) : base(message, inner) { }
+}

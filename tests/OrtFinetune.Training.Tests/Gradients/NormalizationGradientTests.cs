@@ -157,4 +157,18 @@ public class NormalizationGradientTests(ITestOutputHelper log)
         });
         log.WriteLine(r.ToString());
     }
+
+    /// <summary>Opset 9-13 form: no training_mode attribute; the optional statistics outputs select training mode.</summary>
+    [Theory]
+    [InlineData(1)]
+    [InlineData(5)]
+    public void BatchNormalizationOpset12(int outputs)
+    {
+        var r = GradCheck.Run(new GradCase
+        {
+            OpType = "BatchNormalization", Seed = 161, Opset = 12, Outputs = outputs,
+            Inputs = BatchNormInputs(161, [3, 2, 2, 3]),
+        });
+        log.WriteLine($"BatchNormalization opset 12, {outputs} outputs: {r}");
+    }
 }

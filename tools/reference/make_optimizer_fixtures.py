@@ -26,7 +26,6 @@ the torch float32 results, as a guide for test tolerances.
 
 import argparse
 import json
-import math
 import os
 import sys
 
@@ -80,13 +79,13 @@ CASES = {
     "sgd_plain": dict(optimizer="sgd", base_lr=0.125, max_norm=None,
                       hyper=dict(momentum=0.0, dampening=0.0,
                                  nesterov=False, weight_decay=1e-2)),
-    "adam": dict(optimizer="adam", base_lr=2.0 ** -6, max_norm=None,
+    "adam": dict(optimizer="adam", base_lr=2.0 ** -4, max_norm=None,
                  hyper=dict(betas=[0.9, 0.999], eps=1e-8, weight_decay=1e-2,
                             amsgrad=False)),
-    "adamw": dict(optimizer="adamw", base_lr=2.0 ** -6, max_norm=None,
+    "adamw": dict(optimizer="adamw", base_lr=2.0 ** -4, max_norm=None,
                   hyper=dict(betas=[0.9, 0.999], eps=1e-8, weight_decay=0.05,
                              amsgrad=False)),
-    "adamw_clip": dict(optimizer="adamw", base_lr=2.0 ** -6, max_norm=1.0,
+    "adamw_clip": dict(optimizer="adamw", base_lr=2.0 ** -4, max_norm=1.0,
                        hyper=dict(betas=[0.9, 0.999], eps=1e-8,
                                   weight_decay=0.05, amsgrad=False)),
 }
@@ -98,7 +97,8 @@ COMMON_NOTES = (
     "parameters with ndim >= 2 (weight_decay as in hyper), no_decay = ndim "
     "<= 1 (weight_decay 0). torch {torch} CPU float32, foreach=False, "
     "maximize=False. fc2.bias elements 1.. have gradients ~1e-8 (the size of "
-    "eps) at every step. ")
+    "Adam's eps) at every step, so Adam/AdamW updates depend on where eps "
+    "goes (SGD barely moves them). step/<t> is the int64 step count t. ")
 
 SGD_NOTES = (
     "SGD per parameter, g = grad (after clipping if any): d = g + wd*p; if "
@@ -138,9 +138,11 @@ CLIP_NOTES = (
     "per-tensor 2-norms), recorded as total_norm/<t> (before clipping); "
     "coef = min(max_norm / (total + 1e-6), 1); every gradient is "
     "multiplied by coef (always, even when coef == 1). Clipping happens "
-    "before optimizer.step(), so it sees the raw gradient without any "
-    "weight-decay term, and Adam's L2 term wd*p is added to the CLIPPED "
-    "gradient. total > max_norm at every step here, so every step clips. ")
+    "before optimizer.step(), so it never sees weight decay (for Adam/SGD "
+    "the L2 term wd*p would be added to the CLIPPED gradient; AdamW's "
+    "decay does not touch the gradient). total > max_norm at every step "
+    "here, so every step clips. The 1e-6 in the coefficient changes the "
+    "results by ~1e-8 relative, below float32 test tolerances. ")
 
 
 # --------------------------------------------------------------------------
@@ -230,11 +232,23 @@ def run_torch(spec, init, grads, dtype):
 # Independent NumPy implementation of the documented formulas
 
 
-def run_numpy(spec, init, grads, dtype):
-    """dtype float64: every scalar in float64 (matches torch's float64 run).
-    dtype float32: tensors AND scalars (bias corrections, lr*wd, ...) in
-    float32, the way a float32 ONNX graph would compute them."""
-    f = np.dtype(dtype).type
+def run_numpy(spec, init, grads, mode, mistake=None):
+    """mode "f64": tensors and scalars in float64 (matches torch's float64
+    run). "f32": tensors AND scalars (1 - beta, bias corrections, lr*wd, ...)
+    computed in float32, the naive way a float32 ONNX graph would compute
+    them. "f32_torch": tensors in float32, scalars computed in float64 and
+    rounded to float32 where they meet a tensor, as torch does.
+    mistake: one of MISTAKES, a deliberately wrong variant (for the check
+    that the fixtures can tell it apart from torch)."""
+    bad = mistake or ""
+    dtype = np.float64 if mode == "f64" else np.float32
+    t32 = np.float32
+    if mode == "f32":
+        f = c = t32                   # scalar arithmetic in float32
+    elif mode == "f32_torch":
+        f, c = float, t32             # float64 arithmetic, cast when applied
+    else:
+        f = c = np.float64
     h = spec["hyper"]
     decay, _ = groups_of(PARAMS)
     p = {n: init[n].numpy().astype(dtype) for n, _ in PARAMS}
@@ -243,52 +257,94 @@ def run_numpy(spec, init, grads, dtype):
     for t in range(1, K + 1):
         g = {n: grads[t - 1][n].numpy().astype(dtype) for n, _ in PARAMS}
         rec = {}
-        lr = f(lr_at(spec["base_lr"], t))
+        lr = f(lr_at(spec["base_lr"], 1 if bad == "constant_lr" else t))
         rec["lr"] = lr_at(spec["base_lr"], t)
         if spec["max_norm"] is not None:
             total = np.sqrt(sum(np.sum(g[n] * g[n]) for n in g)).astype(dtype)
-            coef = min(f(spec["max_norm"]) / (total + f(1e-6)), f(1.0))
-            g = {n: (v * f(coef)).astype(dtype) for n, v in g.items()}
+            coef = np.minimum(dtype(spec["max_norm"]) / (total + dtype(1e-6)),
+                              dtype(1.0))
+            if bad == "clip_per_tensor":
+                g = {n: (v * np.minimum(dtype(spec["max_norm"]) / (
+                    np.sqrt(np.sum(v * v)) + dtype(1e-6)), dtype(1.0)))
+                    .astype(dtype) for n, v in g.items()}
+            elif bad != "no_clip":
+                g = {n: (v * coef).astype(dtype) for n, v in g.items()}
             rec["total_norm"] = total
         for n, _ in PARAMS:
-            wd = f(h["weight_decay"]) if n in decay else f(0.0)
+            wd = f(h["weight_decay"]) if n in decay \
+                or bad == "decay_all_groups" else f(0.0)
             s = state[n]
             if spec["optimizer"] == "sgd":
-                d = g[n] + wd * p[n]
+                d = g[n] + c(wd) * p[n]
                 mom = f(h["momentum"])
                 if h["momentum"] != 0:
                     if t == 1:
                         s["momentum_buffer"] = d.copy()
+                        if bad == "dampen_first_step":
+                            s["momentum_buffer"] *= c(f(1) - h["dampening"])
                     else:
                         s["momentum_buffer"] = (
-                            mom * s["momentum_buffer"]
-                            + (f(1) - f(h["dampening"])) * d)
+                            c(mom) * s["momentum_buffer"]
+                            + c(f(1) - f(h["dampening"])) * d)
                     buf = s["momentum_buffer"]
-                    d = d + mom * buf if h["nesterov"] else buf
-                p[n] = p[n] - lr * d
+                    nesterov = h["nesterov"] != (bad == "flip_nesterov")
+                    d = d + c(mom) * buf if nesterov else buf
+                p[n] = p[n] - c(lr) * d
             else:
                 b1, b2 = f(h["betas"][0]), f(h["betas"][1])
                 eps = f(h["eps"])
                 gn = g[n]
-                if spec["optimizer"] == "adam":
-                    gn = gn + wd * p[n]
-                else:
-                    p[n] = p[n] * (f(1) - lr * wd)
+                decoupled = (spec["optimizer"] == "adamw") != \
+                    (bad == "swap_l2_decoupled")
+                if not decoupled:
+                    gn = gn + c(wd) * p[n]
+                elif bad != "decay_after_update":
+                    p[n] = p[n] * c(f(1) - lr * wd)
                 m = s.get("exp_avg", np.zeros_like(gn))
                 v = s.get("exp_avg_sq", np.zeros_like(gn))
-                m = b1 * m + (f(1) - b1) * gn
-                v = b2 * v + (f(1) - b2) * gn * gn
+                m = c(b1) * m + c(f(1) - b1) * gn
+                v = c(b2) * v + c(f(1) - b2) * gn * gn
                 s["exp_avg"], s["exp_avg_sq"] = m, v
                 bc1 = f(1) - b1 ** f(t)
                 bc2 = f(1) - b2 ** f(t)
                 step_size = lr / bc1
-                denom = np.sqrt(v) / f(np.sqrt(bc2)) + eps
-                p[n] = p[n] - step_size * m / denom
+                denom = np.sqrt(v) / c(f(np.sqrt(bc2))) + c(eps)
+                if bad == "eps_before_bias_correction":
+                    denom = (np.sqrt(v) + c(eps)) / c(f(np.sqrt(bc2)))
+                elif bad == "eps_inside_sqrt":
+                    denom = np.sqrt(v / c(bc2) + c(eps))
+                elif bad == "no_bias_correction":
+                    step_size, denom = lr, np.sqrt(v) + c(eps)
+                p[n] = p[n] - c(step_size) * m / denom
+                if decoupled and bad == "decay_after_update":
+                    p[n] = p[n] * c(f(1) - lr * wd)
             rec[f"param/{n}"] = p[n].astype(dtype)
             for key, val in s.items():
                 rec[f"state/{n}/{key}"] = np.asarray(val).astype(dtype)
         out.append(rec)
     return out
+
+
+# Wrong variants of the update that the fixtures must distinguish from torch
+# by more than MISTAKE_MARGIN of some parameter's max-abs (so a test with a
+# 1e-4 relative tolerance fails on them). case -> mistakes.
+MISTAKES = {
+    "sgd_momentum": ["constant_lr", "decay_all_groups", "flip_nesterov"],
+    "sgd_nesterov": ["flip_nesterov", "decay_all_groups"],
+    "sgd_dampening": ["dampen_first_step"],
+    "sgd_plain": ["constant_lr", "decay_all_groups"],
+    "adam": ["swap_l2_decoupled", "eps_before_bias_correction",
+             "eps_inside_sqrt", "no_bias_correction", "constant_lr"],
+    "adamw": ["swap_l2_decoupled", "decay_after_update", "decay_all_groups",
+              "eps_before_bias_correction", "eps_inside_sqrt"],
+    "adamw_clip": ["no_clip", "clip_per_tensor", "decay_after_update"],
+}
+MISTAKE_MARGIN = 3e-4
+
+
+def params_only(steps):
+    return [{k: v for k, v in rec.items() if k.startswith("param/")}
+            for rec in steps]
 
 
 def as_np(x):
@@ -329,8 +385,9 @@ def write_case(name, out_dir, init, grads):
     spec = CASES[name]
     ref32 = run_torch(spec, init, grads, torch.float32)
     ref64 = run_torch(spec, init, grads, torch.float64)
-    np64 = run_numpy(spec, init, grads, np.float64)
-    np32 = run_numpy(spec, init, grads, np.float32)
+    np64 = run_numpy(spec, init, grads, "f64")
+    np32 = run_numpy(spec, init, grads, "f32")
+    np32t = run_numpy(spec, init, grads, "f32_torch")
 
     d_64, w_64 = max_rel_diff(ref32, ref64)
     assert d_64 <= 1e-5, f"{name}: float32 vs float64 torch {d_64:.3g} at {w_64}"
@@ -338,6 +395,16 @@ def write_case(name, out_dir, init, grads):
     assert d_np <= 1e-12, f"{name}: numpy formulas vs torch {d_np:.3g} at {w_np}"
     d_f32, w_f32 = max_rel_diff(np32, ref32)
     assert d_f32 <= 1e-4, f"{name}: numpy float32 vs torch {d_f32:.3g} at {w_f32}"
+    d_f32t, w_f32t = max_rel_diff(np32t, ref32)
+    assert d_f32t <= 1e-5, \
+        f"{name}: numpy torch-style float32 vs torch {d_f32t:.3g} at {w_f32t}"
+    mistakes = {}
+    for bad in MISTAKES.get(name, []):
+        d, _ = max_rel_diff(
+            params_only(run_numpy(spec, init, grads, "f64", mistake=bad)),
+            params_only(ref64))
+        assert d > MISTAKE_MARGIN, f"{name}: cannot detect {bad} ({d:.3g})"
+        mistakes[bad] = d
     if spec["max_norm"] is not None:
         for t, rec in enumerate(ref32, start=1):
             assert float(rec["total_norm"]) > spec["max_norm"], \
@@ -392,8 +459,10 @@ def write_case(name, out_dir, init, grads):
     if spec["max_norm"] is not None:
         notes += CLIP_NOTES
     notes += ("Float32 vs a float64 torch re-run: max deviation "
-              f"{d_64:.2g} of a tensor's max-abs; an all-float32 "
-              f"implementation (float32 scalars too): {d_f32:.2g}.")
+              f"{d_64:.2g} of a tensor's max-abs. A float32 implementation "
+              f"with float64-computed scalars: {d_f32t:.2g}; with the "
+              f"scalars (1-beta, bias corrections, ...) also computed in "
+              f"float32: {d_f32:.2g} (worst: {w_f32}).")
     meta = {
         "optimizer": spec["optimizer"],
         "hyper": spec["hyper"],
@@ -412,6 +481,7 @@ def write_case(name, out_dir, init, grads):
         json.dump(meta, fh, indent=2)
         fh.write("\n")
     return dict(d_64=d_64, w_64=w_64, d_np=d_np, d_f32=d_f32, w_f32=w_f32,
+                d_f32t=d_f32t, w_f32t=w_f32t, mistakes=mistakes,
                 ref32=ref32, n_inits=len(inits), case_dir=case_dir)
 
 
@@ -431,7 +501,10 @@ def summarize(name, info):
     print(f"  f32 vs f64 torch: {info['d_64']:.2e} ({info['w_64']}); "
           f"numpy f64 formulas vs torch f64: {info['d_np']:.2e}; "
           f"numpy all-f32 vs torch f32: {info['d_f32']:.2e} "
-          f"({info['w_f32']})")
+          f"({info['w_f32']}); numpy f32 with float64 scalars vs torch f32: "
+          f"{info['d_f32t']:.2e} ({info['w_f32t']})")
+    print("  wrong variants (max param deviation / max-abs): "
+          + ", ".join(f"{k}={v:.1e}" for k, v in info["mistakes"].items()))
     print(f"  initializers: {info['n_inits']}")
     for fn in sorted(os.listdir(info["case_dir"])):
         sz = os.path.getsize(os.path.join(info["case_dir"], fn))

@@ -9,11 +9,13 @@ public static class ArtifactWriter
     public const string TrainingModelFile = "training_model.onnx";
     public const string EvalModelFile = "eval_model.onnx";
     public const string ParametersFile = "initial_parameters.onnx";
+    public const string OptimizerModelFile = "optimizer_model.onnx";
     public const string ManifestFile = "artifacts.json";
 
-    public static void Write(TrainingArtifacts a, string folder, string sourceModel)
+    public static void Write(TrainingArtifacts a, string folder, string sourceModel, Model? optimizer = null)
     {
         Directory.CreateDirectory(folder);
+        if (optimizer != null) ModelIO.Save(optimizer, Path.Combine(folder, OptimizerModelFile));
         ModelIO.Save(a.TrainingModel, Path.Combine(folder, TrainingModelFile));
         ModelIO.Save(a.EvalModel, Path.Combine(folder, EvalModelFile));
         // Initial parameter and buffer values, as an ONNX model with no nodes (readable by any ONNX tool).
@@ -31,6 +33,9 @@ public static class ArtifactWriter
             training_model = TrainingModelFile,
             eval_model = EvalModelFile,
             initial_parameters = ParametersFile,
+            optimizer_model = optimizer != null ? OptimizerModelFile : null,
+            optimizer = optimizer?.Metadata.GetValueOrDefault("ortfinetune.optimizer"),
+            gradient_accumulation = a.HasAccumulation,
             inputs = a.ForwardInputs.Select(Describe),
             outputs = a.ForwardOutputs.Select(Describe),
             labels = a.Labels,

@@ -1,0 +1,114 @@
+using Microsoft.ML.OnnxRuntime;
+using OrtFinetune.Onnx;
+using ElementType = Microsoft.ML.OnnxRuntime.Tensors.TensorElementType;
+
+namespace OrtFinetune.Training.Runtime;
+
+/// <summary>
+/// Allocates tensors in the device's memory and moves bytes between host and device. On the CPU a
+/// device tensor is host memory and copies are spans; on CUDA the copies run through a one-node
+/// Identity session whose output is bound to the destination (no host round trip per step).
+/// </summary>
+public sealed class DeviceValues : IDisposable
+{
+    readonly DeviceSpec _device;
+    readonly OrtMemoryInfo _memInfo;
+    readonly OrtAllocator _allocator;
+    readonly Dictionary<DataType, InferenceSession> _identity = new();
+    readonly SessionOptions? _so;
+
+    public DeviceSpec Device => _device;
+    public OrtMemoryInfo MemoryInfo => _memInfo;
+
+    public DeviceValues(DeviceSpec device, InferenceSession anySessionOnDevice)
+    {
+        _device = device;
+        _memInfo = device.MemoryInfo();
+        _allocator = device.IsCuda ? new OrtAllocator(anySessionOnDevice, _memInfo) : OrtAllocator.DefaultInstance;
+        if (device.IsCuda) _so = device.CreateSessionOptions();
+    }
+
+    public static ElementType ToOrt(DataType t) => t switch
+    {
+        DataType.Float => ElementType.Float, DataType.Double => ElementType.Double, DataType.Float16 => ElementType.Float16,
+        DataType.BFloat16 => ElementType.BFloat16, DataType.Int64 => ElementType.Int64, DataType.Int32 => ElementType.Int32,
+        DataType.Bool => ElementType.Bool, DataType.UInt8 => ElementType.UInt8, DataType.Int8 => ElementType.Int8,
+        _ => throw new NotSupportedException($"element type {t}"),
+    };
+
+    public static DataType FromOrt(ElementType t) => t switch
+    {
+        ElementType.Float => DataType.Float, ElementType.Double => DataType.Double, ElementType.Float16 => DataType.Float16,
+        ElementType.BFloat16 => DataType.BFloat16, ElementType.Int64 => DataType.Int64, ElementType.Int32 => DataType.Int32,
+        ElementType.Bool => DataType.Bool, ElementType.UInt8 => DataType.UInt8, ElementType.Int8 => DataType.Int8,
+        _ => throw new NotSupportedException($"element type {t}"),
+    };
+
+    /// <summary>An uninitialized tensor in device memory.</summary>
+    public OrtValue Allocate(DataType t, long[] shape) => OrtValue.CreateAllocatedTensorValue(_allocator, ToOrt(t), shape);
+
+    /// <summary>A device tensor holding these little-endian bytes.</summary>
+    public OrtValue Upload(DataType t, long[] shape, ReadOnlySpan<byte> bytes)
+    {
+        if (!_device.IsCuda)
+        {
+            var v = OrtValue.CreateAllocatedTensorValue(OrtAllocator.DefaultInstance, ToOrt(t), shape);
+            bytes.CopyTo(v.GetTensorMutableRawData());
+            return v;
+        }
+        using var host = OrtValue.CreateAllocatedTensorValue(OrtAllocator.DefaultInstance, ToOrt(t), shape);
+        bytes.CopyTo(host.GetTensorMutableRawData());
+        var dst = Allocate(t, shape);
+        Copy(t, host, dst);
+        return dst;
+    }
+
+    public OrtValue Zeros(DataType t, long[] shape)
+    {
+        long n = shape.Aggregate(1L, (a, b) => a * b) * t.SizeOf();
+        if (!_device.IsCuda)
+        {
+            var v = Allocate(t, shape);
+            v.GetTensorMutableRawData().Clear();
+            return v;
+        }
+        return Upload(t, shape, new byte[n]);
+    }
+
+    /// <summary>The bytes of a device tensor, copied to the host.</summary>
+    public byte[] Download(OrtValue v)
+    {
+        if (!_device.IsCuda) return v.GetTensorDataAsSpan<byte>().ToArray();
+        var info = v.GetTensorTypeAndShape();
+        using var host = OrtValue.CreateAllocatedTensorValue(OrtAllocator.DefaultInstance, info.ElementDataType, info.Shape);
+        Copy(FromOrt(info.ElementDataType), v, host);
+        return host.GetTensorDataAsSpan<byte>().ToArray();
+    }
+
+    /// <summary>Copies src into dst (same shape and type) through an Identity session on the device.</summary>
+    public void Copy(DataType t, OrtValue src, OrtValue dst)
+    {
+        if (!_device.IsCuda) { src.GetTensorDataAsSpan<byte>().CopyTo(dst.GetTensorMutableRawData()); return; }
+        if (!_identity.TryGetValue(t, out var s))
+        {
+            var m = new Model();
+            m.Graph.Inputs.Add(new ValueInfo("x", new TensorType(t, null)));
+            m.Graph.Outputs.Add(new ValueInfo("y", new TensorType(t, null)));
+            m.Graph.Nodes.Add(new Node("Identity", ["x"], ["y"], "copy"));
+            _identity[t] = s = new InferenceSession(ModelIO.ToBytes(m), _so!);
+        }
+        using var binding = s.CreateIoBinding();
+        binding.BindInput("x", src);
+        binding.BindOutput("y", dst);
+        using var ro = new RunOptions();
+        s.RunWithBinding(ro, binding);
+        binding.SynchronizeBoundOutputs();
+    }
+
+    public void Dispose()
+    {
+        foreach (var s in _identity.Values) s.Dispose();
+        _so?.Dispose();
+        if (_device.IsCuda) _allocator.Dispose();
+    }
+}

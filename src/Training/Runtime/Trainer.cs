@@ -1,0 +1,344 @@
+using System.Globalization;
+using Microsoft.ML.OnnxRuntime;
+using OrtFinetune.Onnx;
+using OrtFinetune.Training.Compiler;
+using OrtFinetune.Training.Compiler.Optimizers;
+
+namespace OrtFinetune.Training.Runtime;
+
+public sealed record TrainerOptions
+{
+    public DeviceSpec Device { get; init; } = DeviceSpec.Cpu;
+    /// <summary>Intra-op threads (0 = ORT's default).</summary>
+    public int IntraOpThreads { get; init; }
+}
+
+public readonly record struct TrainStepResult(float Loss, long Top1Correct);
+public readonly record struct OptimizerStepResult(bool AllFinite, float GradNorm);
+public readonly record struct EvalStepResult(float Loss, long Top1Correct, long Top5Correct);
+
+/// <summary>
+/// Runs compiled training artifacts on an execution provider, with the retired ORT training API's
+/// shape: TrainStep, LazyResetGrad, OptimizerStep, EvalStep, SetLearningRate, SaveCheckpoint,
+/// LoadCheckpoint, ExportModelForInferencing. Parameters, gradients, optimizer state and buffers live
+/// in device OrtValues bound with IOBinding for the whole run; every updated output is bound to the
+/// buffer it replaces (in place), so persistent memory is one buffer per parameter, gradient and
+/// optimizer moment. Per step only the loss, metrics and the finite flag reach the host.
+/// </summary>
+public sealed class Trainer : IDisposable
+{
+    readonly TrainerOptions _o;
+    readonly InferenceSession _train, _eval, _optim;
+    readonly DeviceValues _dev;
+    readonly OrtIoBinding _trainBinding, _evalBinding, _optimBinding;
+    readonly RunOptions _run = new();
+    readonly Model _evalModel;
+    readonly string[] _forwardInputs;
+    readonly string _labels;
+    readonly List<(string Name, DataType Type, long[] Shape, OrtValue Value)> _params = new();
+    readonly List<OrtValue> _grads = new();
+    readonly List<(string Name, DataType Type, long[] Shape, OrtValue Value)> _buffers = new();
+    readonly List<(string Name, DataType Type, long[] Shape, OrtValue Value)> _states = new();
+    readonly OrtValue _lazyReset, _lr, _step, _gradScale;
+    readonly OrtValue _loss, _top1, _top5, _evalLoss, _allFinite, _gradNorm;
+    readonly bool _metrics;
+    bool _resetPending = true;
+
+    /// <summary>Number of optimizer updates applied (skipped non-finite steps do not count).</summary>
+    public long Step { get; private set; }
+    public float LearningRate { get; private set; } = 1e-3f;
+    public string OptimizerType { get; }
+    public DeviceSpec Device => _o.Device;
+    public IReadOnlyList<string> ParameterNames => _params.Select(p => p.Name).ToList();
+
+    public Trainer(Model training, Model eval, Model optimizer, IReadOnlyList<Tensor> parameters, IReadOnlyList<Tensor> buffers, TrainerOptions? options = null)
+    {
+        _o = options ?? new TrainerOptions();
+        var tg = training.Graph;
+        if (tg.Inputs.All(i => i.Name != TrainingArtifacts.LazyResetGrad))
+            throw new TrainingException("the training model has no gradient accumulation inputs; compile it with gradient accumulation (ortfinetune compile --gradient-accumulation)");
+        _labels = tg.Inputs.First(i => i.Type.ElemType == DataType.Int64 && i.Name == "labels").Name;
+        int labelsAt = tg.Inputs.FindIndex(i => i.Name == _labels);
+        _forwardInputs = tg.Inputs.Take(labelsAt).Select(i => i.Name).ToArray();
+        _evalModel = eval;
+        OptimizerType = optimizer.Metadata.GetValueOrDefault("ortfinetune.optimizer", "?");
+        _metrics = tg.Outputs.Any(o => o.Name == TrainingArtifacts.Top1);
+
+        using (var so = _o.Device.CreateSessionOptions(_o.IntraOpThreads))
+        {
+            _train = Create(training, so, "training");
+            _eval = Create(eval, so, "eval");
+            _optim = Create(optimizer, so, "optimizer");
+        }
+        _dev = new DeviceValues(_o.Device, _train);
+
+        foreach (var p in parameters)
+        {
+            _params.Add((p.Name, p.Type, p.Dims, _dev.Upload(p.Type, p.Dims, p.RawData.Span)));
+            _grads.Add(_dev.Zeros(p.Type, p.Dims));
+        }
+        foreach (var bt in buffers) _buffers.Add((bt.Name, bt.Type, bt.Dims, _dev.Upload(bt.Type, bt.Dims, bt.RawData.Span)));
+        var optimInputs = optimizer.Graph.Inputs.Select(i => i.Name).ToHashSet();
+        foreach (var p in parameters)
+            foreach (var suffix in new[] { "momentum_buffer", "exp_avg", "exp_avg_sq" })
+            {
+                var name = OptimizerBuilder.StateName(p.Name, suffix);
+                if (optimInputs.Contains(name)) _states.Add((name, p.Type, p.Dims, _dev.Zeros(p.Type, p.Dims)));
+            }
+        foreach (var p in parameters)
+            if (!optimInputs.Contains(p.Name)) throw new TrainingException($"the optimizer model does not update parameter '{p.Name}'; recompile the artifacts");
+
+        _lazyReset = OrtValue.CreateTensorValueFromMemory(new[] { true }, []);
+        _lr = OrtValue.CreateTensorValueFromMemory(new[] { LearningRate }, []);
+        _step = OrtValue.CreateTensorValueFromMemory(new[] { 1L }, []);
+        _gradScale = OrtValue.CreateTensorValueFromMemory(new[] { 1f }, []);
+        var lossType = tg.TypeOf(TrainingArtifacts.LossOutput)!.ElemType;
+        _loss = HostScalar(lossType);
+        _evalLoss = HostScalar(lossType);
+        _top1 = OrtValue.CreateTensorValueFromMemory(new long[1], []);
+        _top5 = OrtValue.CreateTensorValueFromMemory(new long[1], []);
+        _allFinite = OrtValue.CreateTensorValueFromMemory(new bool[1], []);
+        _gradNorm = OrtValue.CreateTensorValueFromMemory(new float[1], []);
+
+        // Training: params and buffers in, gradients accumulated in place, buffers updated in place.
+        _trainBinding = _train.CreateIoBinding();
+        for (int i = 0; i < _params.Count; i++)
+        {
+            _trainBinding.BindInput(_params[i].Name, _params[i].Value);
+            _trainBinding.BindInput(TrainingArtifacts.AccumulationBuffer(_params[i].Name), _grads[i]);
+            _trainBinding.BindOutput(TrainingArtifacts.GradName(_params[i].Name), _grads[i]);
+        }
+        foreach (var bf in _buffers)
+        {
+            _trainBinding.BindInput(bf.Name, bf.Value);
+            _trainBinding.BindOutput(TrainingArtifacts.UpdatedName(bf.Name), bf.Value);
+        }
+        _trainBinding.BindInput(TrainingArtifacts.LazyResetGrad, _lazyReset);
+        _trainBinding.BindOutput(TrainingArtifacts.LossOutput, _loss);
+        foreach (var o in tg.Outputs.Where(o => !IsBound(o.Name, training: true)))
+            _trainBinding.BindOutputToDevice(o.Name, _dev.MemoryInfo);
+        if (_metrics) _trainBinding.BindOutput(TrainingArtifacts.Top1, _top1);
+        if (_metrics && tg.Outputs.Any(o => o.Name == TrainingArtifacts.Top5)) _trainBinding.BindOutput(TrainingArtifacts.Top5, _top5);
+
+        _evalBinding = _eval.CreateIoBinding();
+        foreach (var p in _params) _evalBinding.BindInput(p.Name, p.Value);
+        foreach (var bf in _buffers) _evalBinding.BindInput(bf.Name, bf.Value);
+        _evalBinding.BindOutput(TrainingArtifacts.LossOutput, _evalLoss);
+        foreach (var o in eval.Graph.Outputs)
+        {
+            if (o.Name == TrainingArtifacts.LossOutput) continue;
+            if (o.Name == TrainingArtifacts.Top1) _evalBinding.BindOutput(o.Name, _top1);
+            else if (o.Name == TrainingArtifacts.Top5) _evalBinding.BindOutput(o.Name, _top5);
+            else _evalBinding.BindOutputToDevice(o.Name, _dev.MemoryInfo);
+        }
+
+        // Optimizer: every updated output bound to the buffer it replaces.
+        _optimBinding = _optim.CreateIoBinding();
+        _optimBinding.BindInput(OptimizerBuilder.LearningRate, _lr);
+        _optimBinding.BindInput(OptimizerBuilder.Step, _step);
+        _optimBinding.BindInput(OptimizerBuilder.GradScale, _gradScale);
+        for (int i = 0; i < _params.Count; i++)
+        {
+            _optimBinding.BindInput(_params[i].Name, _params[i].Value);
+            _optimBinding.BindInput(_params[i].Name + "_grad", _grads[i]);
+            _optimBinding.BindOutput(OptimizerBuilder.Updated(_params[i].Name), _params[i].Value);
+        }
+        foreach (var s in _states)
+        {
+            _optimBinding.BindInput(s.Name, s.Value);
+            _optimBinding.BindOutput(OptimizerBuilder.Updated(s.Name), s.Value);
+        }
+        _optimBinding.BindOutput(OptimizerBuilder.AllFinite, _allFinite);
+        _optimBinding.BindOutput(OptimizerBuilder.GradNorm, _gradNorm);
+    }
+
+    bool IsBound(string output, bool training) =>
+        output == TrainingArtifacts.LossOutput || output == TrainingArtifacts.Top1 || output == TrainingArtifacts.Top5
+        || _params.Any(p => TrainingArtifacts.GradName(p.Name) == output)
+        || _buffers.Any(b => TrainingArtifacts.UpdatedName(b.Name) == output);
+
+    static OrtValue HostScalar(DataType t) => t switch
+    {
+        DataType.Float => OrtValue.CreateTensorValueFromMemory(new float[1], []),
+        DataType.Double => OrtValue.CreateTensorValueFromMemory(new double[1], []),
+        DataType.Float16 => OrtValue.CreateTensorValueFromMemory(new Float16[1], []),
+        DataType.BFloat16 => OrtValue.CreateTensorValueFromMemory(new BFloat16[1], []),
+        _ => throw new TrainingException($"loss of type {t} is not supported"),
+    };
+
+    static float ReadScalar(OrtValue v) => v.GetTensorTypeAndShape().ElementDataType switch
+    {
+        Microsoft.ML.OnnxRuntime.Tensors.TensorElementType.Float => v.GetTensorDataAsSpan<float>()[0],
+        Microsoft.ML.OnnxRuntime.Tensors.TensorElementType.Double => (float)v.GetTensorDataAsSpan<double>()[0],
+        Microsoft.ML.OnnxRuntime.Tensors.TensorElementType.Float16 => (float)v.GetTensorDataAsSpan<Float16>()[0],
+        Microsoft.ML.OnnxRuntime.Tensors.TensorElementType.BFloat16 => (float)v.GetTensorDataAsSpan<BFloat16>()[0],
+        var t => throw new TrainingException($"unexpected scalar type {t}"),
+    };
+
+    InferenceSession Create(Model m, SessionOptions so, string what)
+    {
+        try { return new InferenceSession(ModelIO.ToBytes(m), so); }
+        catch (OnnxRuntimeException e) { throw new TrainingException($"the {what} model does not load on {_o.Device}: {e.Message}", e); }
+    }
+
+    /// <summary>Loads artifacts written by <c>ortfinetune compile</c> (see docs/artifacts.md).</summary>
+    public static Trainer Load(string folder, TrainerOptions? options = null)
+    {
+        string F(string f) => Path.Combine(folder, f);
+        foreach (var f in new[] { Compiler.Artifacts.ArtifactWriter.TrainingModelFile, Compiler.Artifacts.ArtifactWriter.EvalModelFile, Compiler.Artifacts.ArtifactWriter.OptimizerModelFile, Compiler.Artifacts.ArtifactWriter.ParametersFile })
+            if (!File.Exists(F(f))) throw new TrainingException($"{folder}: artifacts folder has no {f} (run ortfinetune compile first)");
+        var train = ModelIO.Load(F(Compiler.Artifacts.ArtifactWriter.TrainingModelFile));
+        var init = ModelIO.Load(F(Compiler.Artifacts.ArtifactWriter.ParametersFile)).Graph.Initializers;
+        var paramNames = train.Metadata.GetValueOrDefault("ortfinetune.parameters", "").Split('\n', StringSplitOptions.RemoveEmptyEntries);
+        var bufferNames = train.Metadata.GetValueOrDefault("ortfinetune.buffers", "").Split('\n', StringSplitOptions.RemoveEmptyEntries);
+        Tensor Get(string n) => init.GetValueOrDefault(n) ?? throw new TrainingException($"{folder}: {Compiler.Artifacts.ArtifactWriter.ParametersFile} has no value for '{n}'");
+        return new Trainer(train, ModelIO.Load(F(Compiler.Artifacts.ArtifactWriter.EvalModelFile)), ModelIO.Load(F(Compiler.Artifacts.ArtifactWriter.OptimizerModelFile)),
+            paramNames.Select(Get).ToList(), bufferNames.Select(Get).ToList(), options);
+    }
+
+    public void SetLearningRate(float lr)
+    {
+        if (!(lr >= 0) || float.IsInfinity(lr)) throw new TrainingException($"learning rate {lr} is not valid");
+        LearningRate = lr;
+        _lr.GetTensorMutableDataAsSpan<float>()[0] = lr;
+    }
+
+    /// <summary>The next TrainStep overwrites the gradients instead of adding to them.</summary>
+    public void LazyResetGrad() => _resetPending = true;
+
+    /// <summary>Forward + backward on one batch; gradients are added to the accumulated ones (or reset them after LazyResetGrad).</summary>
+    public TrainStepResult TrainStep(IReadOnlyList<OrtValue> inputs, OrtValue labels)
+    {
+        if (inputs.Count != _forwardInputs.Length) throw new TrainingException($"the model takes {_forwardInputs.Length} inputs, {inputs.Count} given");
+        for (int i = 0; i < inputs.Count; i++) _trainBinding.BindInput(_forwardInputs[i], inputs[i]);
+        _trainBinding.BindInput(_labels, labels);
+        _lazyReset.GetTensorMutableDataAsSpan<bool>()[0] = _resetPending;
+        _train.RunWithBinding(_run, _trainBinding);
+        _trainBinding.SynchronizeBoundOutputs();
+        _resetPending = false;
+        return new TrainStepResult(ReadScalar(_loss), _metrics ? _top1.GetTensorDataAsSpan<long>()[0] : -1);
+    }
+
+    /// <summary>
+    /// Applies the optimizer to the accumulated gradients (divided by <paramref name="gradScale"/>).
+    /// When a gradient is not finite nothing changes and the step counter stays.
+    /// </summary>
+    public OptimizerStepResult OptimizerStep(float gradScale = 1f)
+    {
+        _step.GetTensorMutableDataAsSpan<long>()[0] = Step + 1;
+        _gradScale.GetTensorMutableDataAsSpan<float>()[0] = gradScale;
+        _optim.RunWithBinding(_run, _optimBinding);
+        _optimBinding.SynchronizeBoundOutputs();
+        bool finite = _allFinite.GetTensorDataAsSpan<bool>()[0];
+        if (finite) Step++;
+        return new OptimizerStepResult(finite, _gradNorm.GetTensorDataAsSpan<float>()[0]);
+    }
+
+    public EvalStepResult EvalStep(IReadOnlyList<OrtValue> inputs, OrtValue labels)
+    {
+        for (int i = 0; i < inputs.Count; i++) _evalBinding.BindInput(_forwardInputs[i], inputs[i]);
+        _evalBinding.BindInput(_labels, labels);
+        _eval.RunWithBinding(_run, _evalBinding);
+        _evalBinding.SynchronizeBoundOutputs();
+        return new EvalStepResult(ReadScalar(_evalLoss), _metrics ? _top1.GetTensorDataAsSpan<long>()[0] : -1, _metrics ? _top5.GetTensorDataAsSpan<long>()[0] : -1);
+    }
+
+    /// <summary>Current value of a parameter, copied to the host.</summary>
+    public Tensor GetParameter(string name)
+    {
+        var p = _params.FirstOrDefault(x => x.Name == name);
+        if (p.Value == null) throw new TrainingException($"no parameter '{name}'");
+        return new Tensor(p.Name, p.Type, p.Shape, _dev.Download(p.Value));
+    }
+
+    /// <summary>Bytes held for the whole run: parameters, gradients, optimizer state, buffers.</summary>
+    public long PersistentBytes =>
+        _params.Sum(p => Bytes(p.Type, p.Shape)) * 2 + _states.Sum(s => Bytes(s.Type, s.Shape)) + _buffers.Sum(b => Bytes(b.Type, b.Shape));
+
+    static long Bytes(DataType t, long[] shape) => shape.Aggregate(1L, (a, b) => a * b) * t.SizeOf();
+
+    /// <summary>A fingerprint of the parameter set: names, dtypes and shapes.</summary>
+    public string Fingerprint => string.Join(";", _params.Concat(_buffers).Select(p => $"{p.Name}:{p.Type.OnnxName()}[{string.Join(",", p.Shape)}]"));
+
+    /// <summary>Writes parameters, buffers, optimizer state, step and learning rate, plus <paramref name="extra"/> (scheduler, scaler, RNG, data position).</summary>
+    public void SaveCheckpoint(string path, IReadOnlyDictionary<string, string>? extra = null)
+    {
+        var ck = new CheckpointFile();
+        foreach (var p in _params) ck.Tensors.Add(new Tensor("param/" + p.Name, p.Type, p.Shape, _dev.Download(p.Value)));
+        foreach (var b in _buffers) ck.Tensors.Add(new Tensor("buffer/" + b.Name, b.Type, b.Shape, _dev.Download(b.Value)));
+        foreach (var s in _states) ck.Tensors.Add(new Tensor("optim/" + s.Name, s.Type, s.Shape, _dev.Download(s.Value)));
+        ck.Meta["fingerprint"] = Fingerprint;
+        ck.Meta["optimizer"] = OptimizerType;
+        ck.Meta["step"] = Step.ToString(CultureInfo.InvariantCulture);
+        ck.Meta["learning_rate"] = LearningRate.ToString("R", CultureInfo.InvariantCulture);
+        if (extra != null) foreach (var (k, v) in extra) ck.Meta["user." + k] = v;
+        ck.Save(path);
+    }
+
+    /// <summary>Restores a checkpoint written by <see cref="SaveCheckpoint"/>; returns the extra entries saved with it.</summary>
+    public IReadOnlyDictionary<string, string> LoadCheckpoint(string path)
+    {
+        var ck = CheckpointFile.Load(path);
+        var fp = ck.Meta.GetValueOrDefault("fingerprint", "");
+        if (fp != Fingerprint)
+        {
+            var theirs = fp.Split(';').ToHashSet();
+            var mine = Fingerprint.Split(';');
+            var diff = mine.FirstOrDefault(x => !theirs.Contains(x)) ?? theirs.FirstOrDefault(x => !mine.Contains(x)) ?? "?";
+            throw new CheckpointException($"{path}: checkpoint is from another model (first difference: '{diff}')");
+        }
+        if (ck.Meta.GetValueOrDefault("optimizer") != OptimizerType)
+            throw new CheckpointException($"{path}: checkpoint was written with optimizer '{ck.Meta.GetValueOrDefault("optimizer")}', this run uses '{OptimizerType}'");
+        void Restore(string name, DataType t, long[] shape, OrtValue dst)
+        {
+            var src = ck.Get(name, path);
+            if (src.Type != t || !src.Dims.SequenceEqual(shape)) throw new CheckpointException($"{path}: tensor '{name}' has type/shape {src.TensorType}, expected {TensorType.Of(t, shape)}");
+            using var v = _dev.Upload(t, shape, src.RawData.Span);
+            _dev.Copy(t, v, dst);
+        }
+        // Validate everything before changing anything.
+        foreach (var p in _params) ck.Get("param/" + p.Name, path);
+        foreach (var b in _buffers) ck.Get("buffer/" + b.Name, path);
+        foreach (var s in _states) ck.Get("optim/" + s.Name, path);
+        foreach (var p in _params) Restore("param/" + p.Name, p.Type, p.Shape, p.Value);
+        foreach (var b in _buffers) Restore("buffer/" + b.Name, b.Type, b.Shape, b.Value);
+        foreach (var s in _states) Restore("optim/" + s.Name, s.Type, s.Shape, s.Value);
+        Step = long.Parse(ck.Meta["step"], CultureInfo.InvariantCulture);
+        SetLearningRate(float.Parse(ck.Meta["learning_rate"], CultureInfo.InvariantCulture));
+        _resetPending = true;
+        return ck.Meta.Where(kv => kv.Key.StartsWith("user.")).ToDictionary(kv => kv.Key[5..], kv => kv.Value);
+    }
+
+    /// <summary>
+    /// Writes a plain inference model: the eval graph without loss, labels and metrics, with the
+    /// current parameters and buffers as initializers (fp32 unless the parameters are 16-bit).
+    /// </summary>
+    public void ExportModelForInferencing(string path, IReadOnlyList<string>? outputs = null)
+    {
+        var m = _evalModel.Clone();
+        var g = m.Graph;
+        var keep = outputs ?? g.Outputs.Select(o => o.Name).Where(n => n is not (TrainingArtifacts.LossOutput or TrainingArtifacts.Top1 or TrainingArtifacts.Top5)).ToList();
+        foreach (var k in keep) if (g.Outputs.All(o => o.Name != k)) throw new TrainingException($"the model has no output '{k}' to export");
+        var outs = g.Outputs.Where(o => keep.Contains(o.Name)).ToList();
+        g.Outputs.Clear(); g.Outputs.AddRange(outs);
+        var state = _params.Concat(_buffers).ToDictionary(p => p.Name);
+        g.Inputs.RemoveAll(i => i.Name == _labels || state.ContainsKey(i.Name));
+        foreach (var p in state.Values) g.Initializers[p.Name] = new Tensor(p.Name, p.Type, p.Shape, _dev.Download(p.Value));
+        g.RemoveDeadNodes();
+        g.Name = "inference";
+        m.Metadata["ortfinetune.role"] = "inference";
+        m.Metadata["ortfinetune.step"] = Step.ToString(CultureInfo.InvariantCulture);
+        try { ModelIO.Save(m, path); }
+        catch (IOException e) { throw new TrainingException($"{path}: could not write the exported model ({e.Message})", e); }
+    }
+
+    public void Dispose()
+    {
+        _trainBinding.Dispose(); _evalBinding.Dispose(); _optimBinding.Dispose();
+        foreach (var v in _params.Select(p => p.Value).Concat(_grads).Concat(_buffers.Select(b => b.Value)).Concat(_states.Select(s => s.Value))) v.Dispose();
+        foreach (var v in new[] { _lazyReset, _lr, _step, _gradScale, _loss, _top1, _top5, _evalLoss, _allFinite, _gradNorm }) v.Dispose();
+        _dev.Dispose();
+        _train.Dispose(); _eval.Dispose(); _optim.Dispose();
+        _run.Dispose();
+    }
+}

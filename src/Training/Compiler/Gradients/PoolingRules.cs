@@ -1,11 +1,122 @@
 using OrtFinetune.Onnx;
 using OrtFinetune.Training.Compiler.Autodiff;
+using Attribute = OrtFinetune.Onnx.Attribute;
 
 namespace OrtFinetune.Training.Compiler.Gradients;
 
+/// <summary>MaxPool, AveragePool, GlobalAveragePool, GlobalMaxPool.</summary>
 public static class PoolingRules
 {
     public static void Register(GradientRegistry r)
     {
+        r.Add("MaxPool", MaxPool, inputs: [0], outputs: [0]);
+        r.Add("AveragePool", AveragePool, inputs: [0], outputs: [0]);
+        r.Add("GlobalAveragePool", GlobalAveragePool, inputs: [0]);
+        r.Add("GlobalMaxPool", GlobalMaxPool, inputs: [0]);
+    }
+
+    /// <summary>
+    /// dX = scatter-add of dY into a flat zero tensor at the Indices output (flat positions of each window's
+    /// maximum in X), reshaped to X's shape. Overlapping windows accumulate; ties go to the element MaxPool chose.
+    /// </summary>
+    static void MaxPool(GradientContext c)
+    {
+        var b = c.B;
+        if (c.GetInt("storage_order", 0) != 0)
+            throw new CompileException($"{c.Node.Describe()}: storage_order=1 is not supported for the gradient");
+        if (c.Opset < 16)
+            throw new CompileException($"{c.Node.Describe()}: the MaxPool gradient needs ScatterElements with reduction=\"add\" (opset >= 16); the model has opset {c.Opset}");
+        var x = c.I(0);
+        var indices = c.EnsureOutput(1, "indices", c.Graph.TypeOf(c.O(0)) is { } yt ? yt with { ElemType = DataType.Int64 } : null);
+        var flat = b.Ints(-1);
+        var zeros = b.Reshape(b.ZerosLike(x, c.ElemType(x)), flat);
+        var dx = b.Op("ScatterElements", [zeros, b.Reshape(indices, flat), b.Reshape(c.GO(0)!, flat)],
+            Attribute.Of("axis", 0L), Attribute.Of("reduction", "add"));
+        c.SetGI(0, b.Reshape(dx, b.Shape(x)));
+    }
+
+    /// <summary>
+    /// dX[p] = Σ over windows w containing p of dY[w] / count(w). The division is by a constant map of window
+    /// sizes (count_include_pad, ceil_mode and borders decided statically), then a depthwise ConvTranspose
+    /// with a kernel of ones spreads each window's share over the window.
+    /// </summary>
+    static void AveragePool(GradientContext c)
+    {
+        var b = c.B;
+        var node = c.Node;
+        var x = c.I(0);
+        var kernel = node.GetInts("kernel_shape") ?? throw new CompileException($"{node.Describe()}: kernel_shape is required");
+        var geo = MatMulConvRules.ReadGeometry(c, kernel, ceilMode: c.GetInt("ceil_mode", 0) != 0);
+        if (geo.Dilations.Any(d => d != 1))
+            throw new CompileException($"{node.Describe()}: AveragePool with dilations is not supported for the gradient");
+        bool includePad = c.GetInt("count_include_pad", 0) != 0;
+        int n = geo.N;
+        var t = c.ElemType(x);
+
+        // 1. dY / window size (a constant over the output's spatial grid)
+        var perAxis = new long[n][];
+        for (int i = 0; i < n; i++)
+        {
+            perAxis[i] = new long[geo.Out[i]];
+            for (long o = 0; o < geo.Out[i]; o++)
+            {
+                long start = o * geo.Strides[i] - geo.PadsBegin[i];
+                long end = Math.Min(start + kernel[i], geo.In[i] + geo.PadsEnd[i]);
+                perAxis[i][o] = includePad ? end - start : Math.Min(end, geo.In[i]) - Math.Max(start, 0);
+            }
+        }
+        var recip = new double[geo.Out.Aggregate(1L, (p, v) => p * v)];
+        for (long flat = 0; flat < recip.Length; flat++)
+        {
+            long rest = flat, size = 1;
+            for (int i = n - 1; i >= 0; i--) { size *= perAxis[i][rest % geo.Out[i]]; rest /= geo.Out[i]; }
+            recip[flat] = 1.0 / size;
+        }
+        var g = c.GO(0)!;
+        g = recip.All(v => v == recip[0])
+            ? b.Mul(g, c.ScalarLike(recip[0], x))
+            : b.Mul(g, b.Const(Tensor.OfType("", t, recip, geo.Out), "avgpool_recip_count"));
+
+        // 2. spread over the windows: ConvTranspose per channel with a kernel of ones
+        var padsEnd = new long[n];
+        var outPad = new long[n];
+        for (int i = 0; i < n; i++)
+        {
+            long full = geo.Strides[i] * (geo.Out[i] - 1) + kernel[i];
+            padsEnd[i] = Math.Max(geo.PadsEnd[i], full - geo.PadsBegin[i] - geo.In[i]); // ceil_mode windows may overhang
+            outPad[i] = geo.In[i] + geo.PadsBegin[i] + padsEnd[i] - full;
+        }
+        var ones = b.Const(Tensor.OfType("", t, Enumerable.Repeat(1.0, (int)kernel.Aggregate(1L, (p, v) => p * v)).ToArray(), [1, 1, .. kernel]), "avgpool_ones");
+        var g1 = b.Reshape(g, b.Ints([-1, 1, .. geo.Out]));
+        var attrs = new List<Attribute>
+        {
+            Attribute.Of("kernel_shape", kernel), Attribute.Of("strides", geo.Strides), Attribute.Of("pads", [.. geo.PadsBegin, .. padsEnd]),
+        };
+        if (outPad.Any(p => p != 0)) attrs.Add(Attribute.Of("output_padding", outPad));
+        var dx = b.Op("ConvTranspose", [g1, ones], attrs.ToArray());
+        c.SetGI(0, b.Reshape(dx, b.Shape(x)));
+    }
+
+    /// <summary>dX = broadcast(dY) / (number of spatial elements).</summary>
+    static void GlobalAveragePool(GradientContext c)
+    {
+        var b = c.B;
+        var x = c.I(0);
+        var xs = c.ShapeOf(x);
+        string count = xs.Skip(2).All(d => d.IsKnown)
+            ? c.ScalarLike(xs.Skip(2).Aggregate(1L, (p, d) => p * d.Value!.Value), x)
+            : b.Cast(b.Div(b.Op("Size", [x]), b.Op("Size", [c.O(0)])), c.ElemType(x));
+        c.SetGI(0, b.Expand(b.Div(c.GO(0)!, count), b.Shape(x)));
+    }
+
+    /// <summary>dX = dY at the elements equal to the channel maximum, split evenly among ties.</summary>
+    static void GlobalMaxPool(GradientContext c)
+    {
+        var b = c.B;
+        var x = c.I(0);
+        var axes = Enumerable.Range(2, c.Rank(x) - 2).Select(a => (long)a).ToArray();
+        var mask = b.Cast(b.Op("Equal", [x, c.O(0)]), c.ElemType(x));
+        var ties = b.ReduceSum(mask, axes, keepDims: true);
+        c.SetGI(0, b.Mul(mask, b.Div(c.GO(0)!, ties)));
     }
 }

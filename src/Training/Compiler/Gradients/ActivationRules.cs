@@ -14,8 +14,8 @@ public static class ActivationRules
 
     public static void Register(GradientRegistry r)
     {
-        // Relu: dx = x > 0 ? g : 0
-        r.Add("Relu", c => c.SetGI(0, c.B.Where(Positive(c), c.GO(0)!, c.ScalarLike(0, c.I(0)))));
+        // Relu: dx = y > 0 ? g : 0 (y > 0 exactly where x > 0; reading y lets x be freed)
+        r.Add("Relu", c => c.SetGI(0, c.B.Where(c.B.Op("Greater", [c.O(0), c.ScalarLike(0, c.I(0))]), c.GO(0)!, c.ScalarLike(0, c.I(0)))));
         // LeakyRelu: dx = x > 0 ? g : alpha * g
         r.Add("LeakyRelu", c =>
         {

@@ -91,23 +91,28 @@ public static class OptimizerBuilder
             var coef = b.Div(b.Scalar(maxNorm, F), b.Add(norm, b.Scalar(1e-6, F)));
             factor = b.Mul(factor, b.Op("Min", [coef, b.Scalar(1, F)]));
         }
-        var t = b.Cast(Step, F);
+        // Scalar arithmetic in float64 (as torch.optim does in Python), rounded to the parameter dtype at use.
+        var D = DataType.Double;
+        var t = b.Cast(Step, D);
+        var lrD = b.Cast(LearningRate, D);
         var outputs = new List<(string Name, string Value, TensorType Type)>();
         var stateOutputs = new List<(string Name, string Value, TensorType Type)>();
         var firstStep = b.Op("Equal", [Step, b.IntScalar(1)]);
-        // Scalars shared by all parameters.
-        string? bc1 = null, bc2Sqrt = null;
+        string? stepSizeD = null, bc2SqrtD = null, decayFactorD = null;
         if (o.Type != "sgd")
         {
-            bc1 = b.Sub(b.Scalar(1, F), b.Op("Pow", [b.Scalar(o.Beta1, F), t]));
-            bc2Sqrt = b.Op("Sqrt", [b.Sub(b.Scalar(1, F), b.Op("Pow", [b.Scalar(o.Beta2, F), t]))]);
+            var bc1 = b.Sub(b.Scalar(1, D), b.Op("Pow", [b.Scalar(o.Beta1, D), t]));
+            bc2SqrtD = b.Op("Sqrt", [b.Sub(b.Scalar(1, D), b.Op("Pow", [b.Scalar(o.Beta2, D), t]))]);
+            stepSizeD = b.Div(lrD, bc1);
         }
+        if (o.Type == "adamw") decayFactorD = b.Sub(b.Scalar(1, D), b.Mul(lrD, b.Scalar(o.WeightDecay, D)));
         foreach (var p in parameters)
         {
             var dt = p.Type;
             b.Prefix = p.Name + "/optim";
             string S(double v) => b.Scalar(v, dt);
             string Conv(string scalarF) => dt == F ? scalarF : b.Cast(scalarF, dt);
+            string FromD(string scalarD) => b.Cast(scalarD, dt);
             var lr = Conv(LearningRate);
             var grad = b.Mul(p.Name + "_grad", Conv(factor));
             bool decay = o.Decays(p);
@@ -135,11 +140,11 @@ public static class OptimizerBuilder
                 var newM2 = b.Add(b.Mul(m2, S(o.Beta2)), b.Mul(b.Mul(grad, grad), S(1 - o.Beta2)));
                 newStates.Add((m1, newM1));
                 newStates.Add((m2, newM2));
-                var denom = b.Add(b.Div(b.Op("Sqrt", [newM2]), Conv(bc2Sqrt!)), S(o.Eps));
-                var stepSize = Conv(b.Div(LearningRate, bc1!));
+                var denom = b.Add(b.Div(b.Op("Sqrt", [newM2]), FromD(bc2SqrtD!)), S(o.Eps));
+                var stepSize = FromD(stepSizeD!);
                 var start = p.Name;
                 if (decay && o.Type == "adamw")
-                    start = b.Mul(p.Name, b.Sub(S(1), b.Mul(lr, S(o.WeightDecay))));
+                    start = b.Mul(p.Name, FromD(decayFactorD!));
                 newP = b.Sub(start, b.Mul(stepSize, b.Div(newM1, denom)));
             }
             outputs.Add((Updated(p.Name), newP, p.TensorType));

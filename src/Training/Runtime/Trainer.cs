@@ -243,6 +243,26 @@ public sealed class Trainer : IDisposable
         return new EvalStepResult(ReadScalar(_evalLoss), _metrics ? _top1.GetTensorDataAsSpan<long>()[0] : -1, _metrics ? _top5.GetTensorDataAsSpan<long>()[0] : -1);
     }
 
+    /// <summary>Runs the eval model and returns its forward outputs (e.g. logits), copied to the host.</summary>
+    public IReadOnlyDictionary<string, Tensor> EvalOutputs(IReadOnlyList<OrtValue> inputs, OrtValue labels)
+    {
+        EvalStep(inputs, labels);
+        var names = _evalModel.Graph.Outputs.Select(o => o.Name).ToList();
+        var values = _evalBinding.GetOutputValues();
+        var result = new Dictionary<string, Tensor>();
+        try
+        {
+            for (int i = 0; i < names.Count; i++)
+            {
+                if (names[i] is TrainingArtifacts.LossOutput or TrainingArtifacts.Top1 or TrainingArtifacts.Top5) continue;
+                var info = values[i].GetTensorTypeAndShape();
+                result[names[i]] = new Tensor(names[i], DeviceValues.FromOrt(info.ElementDataType), info.Shape, _dev.Download(values[i]));
+            }
+        }
+        finally { values.Dispose(); }
+        return result;
+    }
+
     /// <summary>Current value of a parameter, copied to the host.</summary>
     public Tensor GetParameter(string name)
     {

@@ -63,7 +63,11 @@ public static class OrtShapes
                 inputs.Add(i.Type.ElemType switch
                 {
                     DataType.Float => OrtValue.CreateTensorValueFromMemory(Enumerable.Range(0, (int)count).Select(_ => (float)rng.NextDouble()).ToArray(), shape),
+                    DataType.Double => OrtValue.CreateTensorValueFromMemory(Enumerable.Range(0, (int)count).Select(_ => rng.NextDouble()).ToArray(), shape),
+                    DataType.Float16 => OrtValue.CreateTensorValueFromMemory(Enumerable.Range(0, (int)count).Select(_ => (Float16)(float)rng.NextDouble()).ToArray(), shape),
                     DataType.Int64 => OrtValue.CreateTensorValueFromMemory(new long[count], shape),
+                    DataType.Int32 => OrtValue.CreateTensorValueFromMemory(new int[count], shape),
+                    DataType.Bool => OrtValue.CreateTensorValueFromMemory(new bool[count], shape),
                     _ => throw new NotSupportedException(i.Type.ToString()),
                 });
                 names.Add(i.Name);

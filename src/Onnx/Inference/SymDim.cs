@@ -86,6 +86,8 @@ public static class SymDim
         var ma = Parse(a); var mb = Parse(b);
         if (ma is null || mb is null) return Dim.Unknown;
         if (SameAtoms(ma.Value.Atoms, mb.Value.Atoms)) return new Mono(ma.Value.Coef + mb.Value.Coef, ma.Value.Atoms).ToDim();
+        if (b.Value is long k) return k < 0 ? new Dim($"({a}-{-k})") : new Dim($"({a}+{k})");
+        if (a.Value is long k2) return k2 < 0 ? new Dim($"({b}-{-k2})") : new Dim($"({b}+{k2})");
         var sa = a.ToString(); var sb = b.ToString();
         if (string.CompareOrdinal(sa, sb) > 0) (sa, sb) = (sb, sa);
         return new Dim($"({sa}+{sb})");
@@ -98,6 +100,7 @@ public static class SymDim
         var ma = Parse(a); var mb = Parse(b);
         if (ma is null || mb is null) return Dim.Unknown;
         if (SameAtoms(ma.Value.Atoms, mb.Value.Atoms)) return new Mono(ma.Value.Coef - mb.Value.Coef, ma.Value.Atoms).ToDim();
+        if (b.Value is long k) return Add(a, new Dim(-k));
         return new Dim($"({a}-{b})");
     }
 

@@ -93,7 +93,7 @@ public static class TrainingCompiler
         ShapeInference.Infer(train);
 
         // Parameters: float initializers whose gradient reaches the loss, filtered by the user's patterns.
-        var candidates = g.Initializers.Values.Where(t => t.Type.IsFloat() && !t.Name.StartsWith("onnx::", StringComparison.Ordinal)).Select(t => t.Name).ToList();
+        var candidates = fg.Initializers.Values.Where(t => t.Type.IsFloat() && !t.Name.StartsWith("onnx::", StringComparison.Ordinal)).Select(t => t.Name).ToList();
         var reaching = Autodiff.Autodiff.ReachingLoss(g, TrainingArtifacts.LossOutput, candidates, registry);
         var trainableRx = options.Trainable.Select(Glob).ToList();
         var freezeRx = options.Freeze.Select(Glob).ToList();
@@ -117,6 +117,7 @@ public static class TrainingCompiler
         var bufferTensors = buffers.Select(x => g.Initializers[x.Name]).ToList();
         foreach (var p in parameters) g.Initializers.Remove(p);
         foreach (var x in buffers) g.Initializers.Remove(x.Name);
+        g.Inputs.AddRange(paramTensors.Concat(bufferTensors).Select(t => new ValueInfo(t.Name, t.TensorType)));
 
         var forwardOutputs = fg.Outputs.Select(o => new ValueInfo(o.Name, g.TypeOf(o.Name) ?? o.Type)).ToList();
         var forwardInputs = fg.Inputs.Select(i => new ValueInfo(i.Name, g.TypeOf(i.Name) ?? i.Type)).ToList();

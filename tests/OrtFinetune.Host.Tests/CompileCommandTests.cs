@@ -35,7 +35,7 @@ public class CompileCommandTests : IDisposable
         var (code, stdout, stderr) = Capture(() => CompileCommand.Run(model, outDir, new CompileOptions()));
         Assert.True(code == 0, stderr);
         Assert.Contains("trainable parameters: 6 tensors", stdout);
-        foreach (var f in new[] { "training_model.onnx", "eval_model.onnx", "initial_parameters.onnx", "artifacts.json" })
+        foreach (var f in new[] { "training_model.onnx", "eval_model.onnx", "optimizer_model.onnx", "initial_parameters.onnx", "artifacts.json" })
             Assert.True(File.Exists(Path.Combine(outDir, f)), f);
         using (var s = new InferenceSession(Path.Combine(outDir, "training_model.onnx")))
         {

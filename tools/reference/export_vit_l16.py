@@ -20,7 +20,7 @@ import time
 
 import onnx
 import torch
-from torchvision.models import vit_l_16
+import torchvision.models as tvm
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _export_common as common  # noqa: E402
@@ -35,6 +35,8 @@ def main():
     ap.add_argument("--batch", type=int, default=1,
                     help="example batch size used for tracing (default 1)")
     ap.add_argument("--num-classes", type=int, default=1000)
+    ap.add_argument("--arch", default="vit_l_16", choices=["vit_b_16", "vit_l_16", "vit_h_14", "vit_b_32", "vit_l_32"],
+                    help="torchvision architecture (default vit_l_16)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--ops-file", default=None,
                     help="also write the op-type inventory to this file")
@@ -47,12 +49,12 @@ def main():
 
     torch.manual_seed(args.seed)
     t0 = time.time()
-    model = vit_l_16(weights=None, num_classes=args.num_classes)
+    model = getattr(tvm, args.arch)(weights=None, num_classes=args.num_classes)
     model.train()
     x = torch.randn(args.batch, 3, 224, 224)
     nparams = sum(p.numel() for p in model.parameters())
     t1 = time.time()
-    print(f"built vit_l_16: {nparams} parameters in {t1 - t0:.1f}s",
+    print(f"built {args.arch}: {nparams} parameters in {t1 - t0:.1f}s",
           flush=True)
 
     common.export_training_model(model, x, out, dynamic_batch=True)
@@ -71,7 +73,7 @@ def main():
 
     inv = common.op_inventory(proto.graph)
     lines = [
-        f"# torchvision vit_l_16(weights=None, num_classes="
+        f"# torchvision {args.arch}(weights=None, num_classes="
         f"{args.num_classes}), torch {torch.__version__}, opset "
         f"{common.OPSET}, TrainingMode.TRAINING, do_constant_folding=False,",
         f"# dynamic batch axis 'batch' on input/logits; {nparams} "

@@ -3,6 +3,7 @@ using System.Diagnostics;
 using Microsoft.ML.OnnxRuntime;
 using OrtFinetune.Onnx;
 using OrtFinetune.Training.Compiler.Artifacts;
+using OrtFinetune.Training.Runtime;
 
 namespace OrtFinetune.Host.Commands;
 
@@ -28,6 +29,9 @@ public static class StepCommand
     {
         try
         {
+            var manifest = Path.Combine(dir, ArtifactWriter.ManifestFile);
+            if (File.Exists(manifest) && File.ReadAllText(manifest).Contains("\"gradient_accumulation\": true"))
+                return RunTrainer(dir, batch, steps, threads);
             var sw = Stopwatch.StartNew();
             var train = Path.Combine(dir, ArtifactWriter.TrainingModelFile);
             var paramFile = Path.Combine(dir, ArtifactWriter.ParametersFile);
@@ -70,11 +74,40 @@ public static class StepCommand
             foreach (var v in values) v.Dispose();
             return 0;
         }
-        catch (Exception e) when (e is OnnxFormatException or OnnxRuntimeException or IOException)
+        catch (Exception e) when (e is OnnxFormatException or OnnxRuntimeException or IOException or TrainingException or CheckpointException)
         {
             Console.Error.WriteLine($"error: {e.Message}");
             return 2;
         }
+    }
+
+    /// <summary>Full training steps through the Trainer: forward, backward, optimizer update.</summary>
+    static int RunTrainer(string dir, int batch, int steps, int threads)
+    {
+        var sw = Stopwatch.StartNew();
+        using var trainer = Trainer.Load(dir, new TrainerOptions { IntraOpThreads = threads });
+        Console.WriteLine($"trainer ready in {sw.Elapsed.TotalSeconds:F1} s ({trainer.ParameterNames.Count} parameters, optimizer {trainer.OptimizerType}, persistent state {trainer.PersistentBytes / (1 << 20)} MiB)");
+        var graph = ModelIO.Load(Path.Combine(dir, ArtifactWriter.TrainingModelFile)).Graph;
+        var input = graph.Inputs[0];
+        var dims = input.Type.Shape!.Select(d => d.Value ?? batch).ToArray();
+        long classes = graph.TypeOf(graph.Outputs[1].Name)?.Shape?[1].Value ?? 2;
+        var rng = new Random(1);
+        using var x = OrtValue.CreateTensorValueFromMemory(Enumerable.Range(0, (int)dims.Aggregate(1L, (a, b) => a * b)).Select(_ => (float)(rng.NextDouble() * 2 - 1)).ToArray(), dims);
+        using var y = OrtValue.CreateTensorValueFromMemory(Enumerable.Range(0, (int)dims[0]).Select(_ => (long)rng.Next((int)classes)).ToArray(), [dims[0]]);
+        trainer.SetLearningRate(1e-4f);
+        var times = new List<double>();
+        for (int s = 0; s < steps; s++)
+        {
+            var t0 = Stopwatch.StartNew();
+            trainer.LazyResetGrad();
+            var r = trainer.TrainStep([x], y);
+            var o = trainer.OptimizerStep();
+            times.Add(t0.Elapsed.TotalSeconds);
+            Console.WriteLine($"step {s + 1}: {t0.Elapsed.TotalSeconds:F2} s, loss {r.Loss:F4}, grad norm {o.GradNorm:F3}");
+        }
+        if (times.Count > 1) Console.WriteLine($"median step (excluding the first): {times.Skip(1).Order().ElementAt((times.Count - 1) / 2):F2} s");
+        Console.WriteLine($"peak RSS: {Process.GetCurrentProcess().PeakWorkingSet64 / (1 << 20)} MiB");
+        return 0;
     }
 
     static OrtValue ToOrt(DataType t, long[] dims, ReadOnlySpan<byte> raw)

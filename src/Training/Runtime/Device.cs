@@ -20,9 +20,9 @@ public sealed record DeviceSpec(string Kind, int Index)
     public override string ToString() => IsCuda ? $"cuda:{Index}" : "cpu";
 
     /// <summary>Session options for this device. CUDA never falls back silently to the CPU.</summary>
-    public SessionOptions CreateSessionOptions(int intraOpThreads = 0)
+    public SessionOptions CreateSessionOptions(int intraOpThreads = 0, bool cpuArena = true)
     {
-        var so = new SessionOptions { GraphOptimizationLevel = GraphOptimizationLevel.ORT_ENABLE_ALL };
+        var so = new SessionOptions { GraphOptimizationLevel = GraphOptimizationLevel.ORT_ENABLE_ALL, EnableCpuMemArena = cpuArena };
         if (intraOpThreads > 0) so.IntraOpNumThreads = intraOpThreads;
         if (IsCuda)
         {

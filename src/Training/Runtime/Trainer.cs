@@ -11,6 +11,12 @@ public sealed record TrainerOptions
     public DeviceSpec Device { get; init; } = DeviceSpec.Cpu;
     /// <summary>Intra-op threads (0 = ORT's default).</summary>
     public int IntraOpThreads { get; init; }
+    /// <summary>
+    /// ORT's CPU memory arena. Off by default for training: the arena keeps the high-water mark of
+    /// every size class, which for a training graph's activations costs far more peak memory than
+    /// it saves in allocation time.
+    /// </summary>
+    public bool CpuMemArena { get; init; }
 }
 
 public readonly record struct TrainStepResult(float Loss, long Top1Correct);
@@ -64,7 +70,7 @@ public sealed class Trainer : IDisposable
         OptimizerType = optimizer.Metadata.GetValueOrDefault("ortfinetune.optimizer", "?");
         _metrics = tg.Outputs.Any(o => o.Name == TrainingArtifacts.Top1);
 
-        using (var so = _o.Device.CreateSessionOptions(_o.IntraOpThreads))
+        using (var so = _o.Device.CreateSessionOptions(_o.IntraOpThreads, _o.CpuMemArena))
         {
             _train = Create(training, so, "training");
             _eval = Create(eval, so, "eval");

@@ -49,6 +49,7 @@ public sealed class CheckpointFile
         var header = new JsonObject { ["format"] = FormatVersion, ["meta"] = meta, ["tensors"] = table };
         var headerBytes = Encoding.UTF8.GetBytes(header.ToJsonString());
         var tmp = $"{full}.tmp-{Environment.ProcessId}";
+        RemoveStaleTemporaries(full);
         try
         {
             using (var fs = new FileStream(tmp, FileMode.Create, FileAccess.Write, FileShare.None, 1 << 20))
@@ -79,6 +80,20 @@ public sealed class CheckpointFile
         {
             TryDelete(tmp);
             throw;
+        }
+    }
+
+    /// <summary>Deletes temporary files left by writers that were killed mid-write (their process is gone).</summary>
+    static void RemoveStaleTemporaries(string full)
+    {
+        var dir = Path.GetDirectoryName(full)!;
+        foreach (var f in Directory.EnumerateFiles(dir, Path.GetFileName(full) + ".tmp-*"))
+        {
+            if (!int.TryParse(f[(f.LastIndexOf("-", StringComparison.Ordinal) + 1)..], out var pid) || pid == Environment.ProcessId) continue;
+            bool alive;
+            try { using var p = System.Diagnostics.Process.GetProcessById(pid); alive = !p.HasExited; }
+            catch (ArgumentException) { alive = false; }
+            if (!alive) TryDelete(f);
         }
     }
 

@@ -7,9 +7,11 @@ public static class Program
 {
     public static int Main(string[] args)
     {
-        var root = new RootCommand("OrtFinetune: compile ONNX models into training graphs and finetune them on ONNX Runtime.");
+        var pluginDirs = new Option<string[]>("--plugins-dir") { Description = "Plugin folders (default: Plugins:Folders in appsettings.json, else plugins/ next to the executable)", Recursive = true, AllowMultipleArgumentsPerToken = true };
+        var root = new RootCommand("OrtFinetune: compile ONNX models into training graphs and finetune them on ONNX Runtime.") { pluginDirs };
         root.Subcommands.Add(CompileCommand.Create());
         root.Subcommands.Add(StepCommand.Create());
+        root.Subcommands.Add(PluginsCommand.Create(pluginDirs));
         root.Subcommands.Add(DebugCommands.CheckpointWriter());
         return root.Parse(args).Invoke();
     }

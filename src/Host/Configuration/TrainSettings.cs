@@ -1,0 +1,123 @@
+using System.Globalization;
+using System.Reflection;
+using Microsoft.Extensions.Configuration;
+
+namespace OrtFinetune.Host.Configuration;
+
+/// <summary>
+/// Settings of a training run: the "Train" section of appsettings.json / environment
+/// (ORTFINETUNE_Train__BatchSize=...) / command line, the command line winning.
+/// </summary>
+public sealed class TrainSettings
+{
+    public string Model { get; set; } = "vit-tiny";
+    /// <summary>Forward ONNX file for the "onnx" model.</summary>
+    public string? ModelFile { get; set; }
+    /// <summary>Pretrained weights (safetensors, torchvision names).</summary>
+    public string? Weights { get; set; }
+    public string Dataset { get; set; } = "shapes";
+    public string? DataDir { get; set; }
+    public string Precision { get; set; } = "auto";
+    public int Epochs { get; set; } = 3;
+    public int BatchSize { get; set; } = 64;
+    public double Lr { get; set; } = 1e-3;
+    public string Optimizer { get; set; } = "adamw";
+    public double WeightDecay { get; set; } = 0.05;
+    public double Momentum { get; set; } = 0.9;
+    public double? MaxGradNorm { get; set; } = 1.0;
+    public string Schedule { get; set; } = "cosine";
+    public int WarmupSteps { get; set; }
+    public double LabelSmoothing { get; set; }
+    public int GradientAccumulation { get; set; } = 1;
+    public string Device { get; set; } = "cpu";
+    public int Seed { get; set; } = 42;
+    public string? Output { get; set; }
+    public string? Resume { get; set; }
+    /// <summary>Input side in pixels; 0 = the model's default.</summary>
+    public int ImageSize { get; set; }
+    /// <summary>Samples per split (0 = all), for quick runs.</summary>
+    public int Limit { get; set; }
+    public int Workers { get; set; } = 2;
+    public int Threads { get; set; }
+    public int LogEvery { get; set; } = 10;
+    /// <summary>Checkpoint every N optimizer steps (0 = at the end of each epoch only).</summary>
+    public int CheckpointEvery { get; set; }
+    public string BadSamples { get; set; } = "stop";
+    public string[] Trainable { get; set; } = [];
+    public string[] Freeze { get; set; } = [];
+
+    static readonly Dictionary<string, PropertyInfo> Props =
+        typeof(TrainSettings).GetProperties().ToDictionary(p => p.Name, StringComparer.OrdinalIgnoreCase);
+
+    /// <summary>Binds the "Train" section; unknown keys and unparsable values are errors naming the key and value.</summary>
+    public static TrainSettings FromConfiguration(IConfiguration config, List<string> errors)
+    {
+        var s = new TrainSettings();
+        var section = config.GetSection("Train");
+        foreach (var child in section.GetChildren())
+        {
+            if (!Props.TryGetValue(child.Key, out var p))
+            {
+                errors.Add($"Train:{child.Key}: unknown setting (known: {string.Join(", ", Props.Keys)})");
+                continue;
+            }
+            if (p.PropertyType == typeof(string[]))
+            {
+                var items = child.GetChildren().Select(c => c.Value ?? "").ToArray();
+                p.SetValue(s, items.Length > 0 ? items : child.Value?.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries) ?? []);
+                continue;
+            }
+            if (!TryConvert(child.Value, p.PropertyType, out var v))
+            {
+                errors.Add($"Train:{child.Key} = '{child.Value}': not a valid {Describe(p.PropertyType)}");
+                continue;
+            }
+            p.SetValue(s, v);
+        }
+        return s;
+    }
+
+    static string Describe(Type t) => (Nullable.GetUnderlyingType(t) ?? t).Name switch { "Int32" => "integer", "Double" => "number", "Boolean" => "true/false", var n => n.ToLowerInvariant() };
+
+    static bool TryConvert(string? text, Type t, out object? value)
+    {
+        value = null;
+        var u = Nullable.GetUnderlyingType(t);
+        if (u != null && string.IsNullOrEmpty(text)) return true;
+        t = u ?? t;
+        if (t == typeof(string)) { value = text; return true; }
+        if (t == typeof(int) && int.TryParse(text, NumberStyles.Integer, CultureInfo.InvariantCulture, out var i)) { value = i; return true; }
+        if (t == typeof(double) && double.TryParse(text, NumberStyles.Float, CultureInfo.InvariantCulture, out var d)) { value = d; return true; }
+        if (t == typeof(bool) && bool.TryParse(text, out var b)) { value = b; return true; }
+        return false;
+    }
+
+    /// <summary>Checks values that are wrong whatever the plugins are; messages name the setting and the value.</summary>
+    public void Validate(List<string> errors)
+    {
+        void Check(bool ok, string key, object? value, string rule) { if (!ok) errors.Add($"{key} = '{value}': {rule}"); }
+        Check(Epochs >= 1, "Train:Epochs (--epochs)", Epochs, "must be at least 1");
+        Check(BatchSize >= 1 && BatchSize <= 65536, "Train:BatchSize (--batch-size)", BatchSize, "must be between 1 and 65536");
+        Check(Lr > 0 && Lr < 10 && double.IsFinite(Lr), "Train:Lr (--lr)", Lr, "must be a positive number below 10");
+        Check(Optimizer is "sgd" or "adam" or "adamw", "Train:Optimizer (--optimizer)", Optimizer, "must be sgd, adam or adamw");
+        Check(WeightDecay >= 0, "Train:WeightDecay (--weight-decay)", WeightDecay, "must be >= 0");
+        Check(MaxGradNorm is null or > 0, "Train:MaxGradNorm (--max-grad-norm)", MaxGradNorm, "must be > 0");
+        Check(Schedule is "constant" or "cosine" or "linear", "Train:Schedule (--schedule)", Schedule, "must be constant, cosine or linear");
+        Check(WarmupSteps >= 0, "Train:WarmupSteps (--warmup-steps)", WarmupSteps, "must be >= 0");
+        Check(LabelSmoothing >= 0 && LabelSmoothing < 1, "Train:LabelSmoothing (--label-smoothing)", LabelSmoothing, "must be in [0, 1)");
+        Check(GradientAccumulation >= 1, "Train:GradientAccumulation (--gradient-accumulation)", GradientAccumulation, "must be at least 1");
+        Check(ImageSize is 0 or (>= 8 and <= 4096), "Train:ImageSize (--image-size)", ImageSize, "must be 0 (model default) or between 8 and 4096");
+        Check(Limit >= 0, "Train:Limit (--limit)", Limit, "must be >= 0");
+        Check(Workers is >= 1 and <= 64, "Train:Workers (--workers)", Workers, "must be between 1 and 64");
+        Check(Threads >= 0, "Train:Threads (--threads)", Threads, "must be >= 0");
+        Check(LogEvery >= 1, "Train:LogEvery (--log-every)", LogEvery, "must be at least 1");
+        Check(CheckpointEvery >= 0, "Train:CheckpointEvery (--checkpoint-every)", CheckpointEvery, "must be >= 0");
+        Check(BadSamples is "stop" or "skip", "Train:BadSamples (--bad-samples)", BadSamples, "must be stop or skip");
+        if (DataDir != null) Check(Directory.Exists(DataDir), "Train:DataDir (--data-dir)", DataDir, "folder does not exist");
+        if (Resume != null) Check(File.Exists(Resume), "Train:Resume (--resume)", Resume, "checkpoint file does not exist");
+        if (ModelFile != null) Check(File.Exists(ModelFile), "Train:ModelFile (--model-file)", ModelFile, "file does not exist");
+        if (Weights != null) Check(File.Exists(Weights), "Train:Weights (--weights)", Weights, "file does not exist");
+        try { Training.Runtime.DeviceSpec.Parse(Device); }
+        catch (Training.Runtime.TrainingException e) { errors.Add($"Train:Device (--device) = '{Device}': {e.Message}"); }
+    }
+}

@@ -12,7 +12,9 @@ public static class Program
         root.Subcommands.Add(CompileCommand.Create());
         root.Subcommands.Add(StepCommand.Create());
         root.Subcommands.Add(PluginsCommand.Create(pluginDirs));
+        root.Subcommands.Add(TrainCommand.Create(pluginDirs));
         root.Subcommands.Add(DebugCommands.CheckpointWriter());
-        return root.Parse(args).Invoke();
+        // The generic host handles SIGINT/SIGTERM (checkpoint, then exit); System.CommandLine must not kill the process first.
+        return root.Parse(args).Invoke(new InvocationConfiguration { ProcessTerminationTimeout = null });
     }
 }

@@ -6,6 +6,7 @@ using OrtFinetune.Training.Compiler.Losses;
 
 namespace OrtFinetune.Host.Tests;
 
+[Collection("console")]
 public class CompileCommandTests : IDisposable
 {
     readonly string _tmp = Directory.CreateTempSubdirectory("ortfinetune-compile-").FullName;

@@ -117,7 +117,7 @@ public sealed class TrainSettings
         if (Resume != null) Check(File.Exists(Resume), "Train:Resume (--resume)", Resume, "checkpoint file does not exist");
         if (ModelFile != null) Check(File.Exists(ModelFile), "Train:ModelFile (--model-file)", ModelFile, "file does not exist");
         if (Weights != null) Check(File.Exists(Weights), "Train:Weights (--weights)", Weights, "file does not exist");
-        try { Training.Runtime.DeviceSpec.Parse(Device); }
-        catch (Training.Runtime.TrainingException e) { errors.Add($"Train:Device (--device) = '{Device}': {e.Message}"); }
+        try { OrtFinetune.Training.Runtime.DeviceSpec.Parse(Device); }
+        catch (OrtFinetune.Training.Runtime.TrainingException e) { errors.Add($"Train:Device (--device) = '{Device}': {e.Message}"); }
     }
 }

@@ -1,0 +1,234 @@
+using System.Diagnostics;
+using System.Globalization;
+using System.Text.Json.Nodes;
+using Microsoft.Extensions.Logging;
+using Microsoft.ML.OnnxRuntime;
+using OrtFinetune.Abstractions;
+using OrtFinetune.Host.Configuration;
+using OrtFinetune.Host.Plugins;
+using OrtFinetune.Onnx;
+using OrtFinetune.Training.Compiler;
+using OrtFinetune.Training.Compiler.Losses;
+using OrtFinetune.Training.Compiler.Optimizers;
+using OrtFinetune.Training.Runtime;
+
+namespace OrtFinetune.Host.Training;
+
+/// <summary>Batches of one split: images NCHW float32, labels int64.</summary>
+public interface IBatchSource
+{
+    int BatchesPerEpoch { get; }
+    IEnumerable<(float[] Images, long[] Labels, int Count)> Epoch(int epoch, int startBatch, CancellationToken ct);
+    /// <summary>Seconds the consumer waited for data so far.</summary>
+    double WaitSeconds { get; }
+}
+
+/// <summary>
+/// One training run end to end: dataset and model from plugins, precision, compile, train with
+/// periodic evaluation and checkpoints, test evaluation, export, summary. Stops at a step boundary
+/// when cancelled (SIGINT/SIGTERM) after saving a checkpoint.
+/// </summary>
+public sealed class TrainRun(TrainSettings s, PluginCatalog catalog, ILogger log, Func<IImageDataset, ModelDefinition, bool, TrainSettings, IBatchSource> batches)
+{
+    public int Run(CancellationToken ct)
+    {
+        var total = Stopwatch.StartNew();
+        var device = DeviceSpec.Parse(s.Device);
+        if (!catalog.Datasets.TryGetValue(s.Dataset, out var ds))
+            throw new UsageException($"dataset '{s.Dataset}' is not provided by any loaded plugin (available: {string.Join(", ", catalog.Datasets.Keys.Order())})");
+        if (!catalog.Models.TryGetValue(s.Model, out var mp))
+            throw new UsageException($"model '{s.Model}' is not provided by any loaded plugin (available: {string.Join(", ", catalog.Models.Keys.Order())})");
+        var precision = ResolvePrecision(device);
+
+        log.LogInformation("opening dataset {Dataset} ({Plugin})", s.Dataset, ds.Plugin);
+        var splits = ds.Provider.Open(new DatasetRequest
+        {
+            DataDir = s.DataDir, Seed = s.Seed, Limit = s.Limit, Logger = log,
+            OnBadSample = s.BadSamples == "skip" ? BadSamplePolicy.Skip : BadSamplePolicy.Stop,
+        });
+        int classes = splits.Train.ClassNames.Count;
+        log.LogInformation("dataset: {Train} train, {Val} validation, {Test} test images, {Classes} classes", splits.Train.Count, splits.Validation.Count, splits.Test.Count, classes);
+        if (splits.Train.Count < s.BatchSize) throw new UsageException($"the training split has {splits.Train.Count} images, fewer than one batch of {s.BatchSize}");
+
+        var model = mp.Provider.Create(new ModelRequest
+        {
+            Architecture = s.Model, NumClasses = classes, ImageSize = s.ImageSize, Channels = 3,
+            WeightsPath = s.Weights, ModelPath = s.ModelFile, Seed = s.Seed,
+        });
+        log.LogInformation("model {Model}: {Description}", s.Model, model.Description);
+
+        var compiled = TrainingCompiler.Compile(model.Forward, new CompileOptions
+        {
+            GradientAccumulation = true, Trainable = s.Trainable, Freeze = s.Freeze,
+            Loss = new LossOptions { LabelSmoothing = s.LabelSmoothing },
+        });
+        var optimizer = OptimizerBuilder.Build(compiled.Parameters, new OptimizerOptions
+        {
+            Type = s.Optimizer, WeightDecay = s.WeightDecay, Momentum = s.Optimizer == "sgd" ? s.Momentum : 0, MaxGradNorm = s.MaxGradNorm,
+        }, compiled.TrainingModel.OpsetOf(""));
+        long paramCount = compiled.Parameters.Sum(p => p.ElementCount);
+        log.LogInformation("compiled in {Ms:F0} ms: {Count:N0} trainable parameters in {Tensors} tensors, {Nodes} training nodes",
+            compiled.CompileTime.TotalMilliseconds, paramCount, compiled.Parameters.Count, compiled.TrainingModel.Graph.Nodes.Count);
+
+        using var trainer = new Trainer(compiled.TrainingModel, compiled.EvalModel, optimizer, compiled.Parameters, compiled.Buffers,
+            new TrainerOptions { Device = device, IntraOpThreads = s.Threads });
+
+        var runDir = s.Output ?? (s.Resume != null ? Path.GetDirectoryName(Path.GetDirectoryName(Path.GetFullPath(s.Resume)))! : Path.Combine("runs", DateTime.Now.ToString("yyyyMMdd-HHmmss", CultureInfo.InvariantCulture)));
+        using var run = new RunFolder(runDir, append: s.Resume != null);
+        run.WriteJson("settings.json", s);
+
+        var train = batches(splits.Train, model, true, s);
+        var val = batches(splits.Validation, model, false, s);
+        var test = batches(splits.Test, model, false, s);
+        int stepsPerEpoch = train.BatchesPerEpoch / s.GradientAccumulation;
+        long totalSteps = (long)stepsPerEpoch * s.Epochs;
+        var schedule = Schedules.Create(s.Schedule, s.Lr, totalSteps, Math.Min(s.WarmupSteps, totalSteps));
+
+        int startEpoch = 0, startBatch = 0;
+        if (s.Resume != null)
+        {
+            var extra = trainer.LoadCheckpoint(s.Resume);
+            startEpoch = int.Parse(extra.GetValueOrDefault("epoch", "0"), CultureInfo.InvariantCulture);
+            startBatch = int.Parse(extra.GetValueOrDefault("batch", "0"), CultureInfo.InvariantCulture);
+            if (extra.GetValueOrDefault("seed") is { } seed && seed != s.Seed.ToString(CultureInfo.InvariantCulture))
+                log.LogWarning("the checkpoint was trained with seed {Old}; continuing with seed {New} changes the data order", seed, s.Seed);
+            log.LogInformation("resumed from {Checkpoint}: step {Step}, epoch {Epoch}, batch {Batch}", s.Resume, trainer.Step, startEpoch + 1, startBatch);
+        }
+
+        Dictionary<string, string> State(int epoch, int batch) => new()
+        {
+            ["epoch"] = epoch.ToString(CultureInfo.InvariantCulture), ["batch"] = batch.ToString(CultureInfo.InvariantCulture),
+            ["seed"] = s.Seed.ToString(CultureInfo.InvariantCulture), ["schedule"] = schedule.Describe(),
+        };
+
+        var trainClock = Stopwatch.StartNew();
+        long samples = 0;
+        float lastLoss = float.NaN;
+        var progress = new Progress(totalSteps, log);
+        bool interrupted = false;
+        int epochAt = startEpoch, batchAt = startBatch;
+        try
+        {
+            for (int epoch = startEpoch; epoch < s.Epochs && !interrupted; epoch++)
+            {
+                int micro = 0, batchIndex = epoch == startEpoch ? startBatch : 0;
+                double lossSum = 0; long correct = 0, seen = 0;
+                trainer.LazyResetGrad();
+                foreach (var (x, y, n) in train.Epoch(epoch, batchIndex, ct))
+                {
+                    using var xv = OrtValue.CreateTensorValueFromMemory(x, [n, model.Channels, model.ImageSize, model.ImageSize]);
+                    using var yv = OrtValue.CreateTensorValueFromMemory(y, [n]);
+                    var r = trainer.TrainStep([xv], yv);
+                    batchIndex++; micro++;
+                    samples += n; seen += n; lossSum += r.Loss * n; correct += Math.Max(0, r.Top1Correct);
+                    if (!float.IsFinite(r.Loss))
+                        throw new NumericalException($"the loss became {r.Loss} at step {trainer.Step + 1} (epoch {epoch + 1}); the last good checkpoint is {(File.Exists(run.LastCheckpoint) ? run.LastCheckpoint : "none")}. Lower the learning rate or use gradient clipping.");
+                    if (micro < s.GradientAccumulation) continue;
+                    micro = 0;
+                    trainer.SetLearningRate((float)schedule.At(trainer.Step));
+                    var o = trainer.OptimizerStep();
+                    trainer.LazyResetGrad();
+                    if (!o.AllFinite)
+                        throw new NumericalException($"a gradient became infinite or NaN at step {trainer.Step + 1} (epoch {epoch + 1}); the update was skipped and training stopped. The last good checkpoint is {(File.Exists(run.LastCheckpoint) ? run.LastCheckpoint : "none")}.");
+                    lastLoss = r.Loss;
+                    epochAt = epoch; batchAt = batchIndex;
+                    progress.Report(trainer.Step, epoch + 1, s.Epochs, r.Loss, samples / trainClock.Elapsed.TotalSeconds);
+                    if (trainer.Step % s.LogEvery == 0)
+                        run.Metric(new JsonObject
+                        {
+                            ["step"] = trainer.Step, ["epoch"] = epoch + 1, ["loss"] = r.Loss, ["lr"] = trainer.LearningRate, ["grad_norm"] = o.GradNorm,
+                            ["train_accuracy"] = seen > 0 ? (double)correct / seen : null, ["samples_per_second"] = samples / trainClock.Elapsed.TotalSeconds,
+                            ["elapsed_seconds"] = total.Elapsed.TotalSeconds,
+                        });
+                    if (s.CheckpointEvery > 0 && trainer.Step % s.CheckpointEvery == 0) trainer.SaveCheckpoint(run.LastCheckpoint, State(epoch, batchIndex));
+                    if (ct.IsCancellationRequested) { interrupted = true; break; }
+                }
+                if (ct.IsCancellationRequested) { interrupted = true; break; }
+                progress.Done();
+                var v = Evaluate(trainer, val, model, ct);
+                log.LogInformation("epoch {Epoch}/{Epochs}: train loss {TrainLoss:F4}, train accuracy {TrainAcc:P2}; validation loss {Loss:F4}, accuracy {Acc:P2} (top-5 {Top5:P2})",
+                    epoch + 1, s.Epochs, seen > 0 ? lossSum / seen : double.NaN, seen > 0 ? (double)correct / seen : double.NaN, v.Loss, v.Top1, v.Top5);
+                run.Metric(new JsonObject { ["epoch"] = epoch + 1, ["step"] = trainer.Step, ["val_loss"] = v.Loss, ["val_accuracy"] = v.Top1, ["val_top5"] = v.Top5 });
+                epochAt = epoch + 1; batchAt = 0;
+                trainer.SaveCheckpoint(run.LastCheckpoint, State(epoch + 1, 0));
+            }
+        }
+        catch (OperationCanceledException) { interrupted = true; }
+
+        if (interrupted)
+        {
+            trainer.SaveCheckpoint(run.LastCheckpoint, State(epochAt, batchAt));
+            log.LogWarning("interrupted at step {Step}: checkpoint saved to {Checkpoint}; resume with --resume {Checkpoint}", trainer.Step, run.LastCheckpoint, run.LastCheckpoint);
+            return ExitCodes.Interrupted;
+        }
+        double trainSeconds = trainClock.Elapsed.TotalSeconds;
+        var t = Evaluate(trainer, test, model, CancellationToken.None);
+        trainer.ExportModelForInferencing(run.ExportedModel);
+        var summary = new JsonObject
+        {
+            ["model"] = s.Model, ["dataset"] = s.Dataset, ["precision"] = precision, ["device"] = device.ToString(),
+            ["epochs"] = s.Epochs, ["batch_size"] = s.BatchSize, ["steps"] = trainer.Step, ["parameters"] = paramCount,
+            ["train_seconds"] = Math.Round(trainSeconds, 2), ["samples_per_second"] = Math.Round(samples / trainSeconds, 1),
+            ["peak_memory_mb"] = Process.GetCurrentProcess().PeakWorkingSet64 / (1 << 20),
+            ["persistent_state_mb"] = trainer.PersistentBytes / (1 << 20),
+            ["test_accuracy"] = Math.Round(t.Top1, 5), ["test_top5"] = Math.Round(t.Top5, 5), ["test_loss"] = Math.Round(t.Loss, 5),
+            ["final_loss"] = lastLoss, ["loader_wait_seconds"] = Math.Round(train.WaitSeconds, 2),
+            ["checkpoint"] = run.LastCheckpoint, ["exported_model"] = run.ExportedModel,
+        };
+        run.WriteJson("summary.json", summary);
+        Console.WriteLine();
+        Console.WriteLine($"test accuracy {t.Top1:P2} (top-5 {t.Top5:P2}), test loss {t.Loss:F4}");
+        Console.WriteLine($"throughput {samples / trainSeconds:F1} images/s over {trainSeconds:F1} s, peak memory {summary["peak_memory_mb"]} MB");
+        Console.WriteLine($"run folder: {run.Path}");
+        return ExitCodes.Ok;
+    }
+
+    string ResolvePrecision(DeviceSpec device)
+    {
+        var p = s.Precision.ToLowerInvariant();
+        if (p == "auto") return device.IsCuda ? "16-mixed" : "32-true";
+        if (p is "32" or "32-true") return "32-true";
+        throw new UsageException($"precision '{s.Precision}' is not available in this build (available: auto, 32-true)");
+    }
+
+    static (double Loss, double Top1, double Top5) Evaluate(Trainer trainer, IBatchSource source, ModelDefinition model, CancellationToken ct)
+    {
+        double loss = 0; long top1 = 0, top5 = 0, n = 0;
+        foreach (var (x, y, count) in source.Epoch(0, 0, ct))
+        {
+            using var xv = OrtValue.CreateTensorValueFromMemory(x, [count, model.Channels, model.ImageSize, model.ImageSize]);
+            using var yv = OrtValue.CreateTensorValueFromMemory(y, [count]);
+            var r = trainer.EvalStep([xv], yv);
+            loss += r.Loss * count; top1 += r.Top1Correct; top5 += r.Top5Correct; n += count;
+        }
+        return n == 0 ? (double.NaN, double.NaN, double.NaN) : (loss / n, (double)top1 / n, (double)top5 / n);
+    }
+
+    /// <summary>Progress on stderr: a redrawn line on a terminal, else periodic log lines.</summary>
+    sealed class Progress(long total, ILogger log)
+    {
+        readonly Stopwatch _clock = Stopwatch.StartNew();
+        readonly bool _tty = !Console.IsErrorRedirected;
+        DateTime _last = DateTime.MinValue;
+
+        public void Report(long step, int epoch, int epochs, float loss, double rate)
+        {
+            if ((DateTime.UtcNow - _last).TotalSeconds < (_tty ? 0.25 : 15) && step < total) return;
+            _last = DateTime.UtcNow;
+            double frac = Math.Min(1.0, (double)step / Math.Max(1, total));
+            var eta = frac > 0 ? TimeSpan.FromSeconds(_clock.Elapsed.TotalSeconds * (1 - frac) / frac) : TimeSpan.Zero;
+            var bar = new string('#', (int)(frac * 30)).PadRight(30, '.');
+            var text = $"[{bar}] epoch {epoch}/{epochs} step {step}/{total} loss {loss:F4} {rate:F1} img/s ETA {eta:hh\\:mm\\:ss}";
+            if (_tty) Console.Error.Write("\r" + text);
+            else log.LogInformation("{Progress}", text);
+        }
+
+        public void Done() { if (_tty) Console.Error.WriteLine(); }
+    }
+}
+
+/// <summary>A user mistake in the command line or configuration (exit code 1).</summary>
+public sealed class UsageException(string message) : Exception(message);
+
+/// <summary>Training diverged (NaN/Inf) and was stopped (exit code 4).</summary>
+public sealed class NumericalException(string message) : Exception(message);

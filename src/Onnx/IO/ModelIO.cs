@@ -51,6 +51,7 @@ public static class ModelIO
 
     public static Model FromProto(ModelProto proto, string? dir)
     {
+        if (proto.Graph == null) throw new OnnxFormatException("not a valid ONNX model (no graph)");
         var m = new Model { IrVersion = proto.IrVersion, ProducerName = proto.ProducerName, ProducerVersion = proto.ProducerVersion };
         m.Opsets.Clear();
         foreach (var o in proto.OpsetImport) m.Opsets[Node.NormalizeDomain(o.Domain)] = o.Version;
@@ -101,8 +102,8 @@ public static class ModelIO
                 AttributeProto.Types.AttributeType.Floats => Attribute.Of(a.Name, a.Floats.ToArray()),
                 AttributeProto.Types.AttributeType.Ints => Attribute.Of(a.Name, a.Ints.ToArray()),
                 AttributeProto.Types.AttributeType.Strings => new Attribute(a.Name, AttributeKind.Strings) { Strings = a.Strings.Select(s => s.ToStringUtf8()).ToArray() },
-                AttributeProto.Types.AttributeType.Tensor => Attribute.Of(a.Name, ReadTensor(a.T, dir)),
-                AttributeProto.Types.AttributeType.Graph => new Attribute(a.Name, AttributeKind.Graph) { G = ReadGraph(a.G, dir) },
+                AttributeProto.Types.AttributeType.Tensor => Attribute.Of(a.Name, ReadTensor(a.T ?? throw new OnnxFormatException($"attribute '{a.Name}' of type TENSOR holds no tensor"), dir)),
+                AttributeProto.Types.AttributeType.Graph => new Attribute(a.Name, AttributeKind.Graph) { G = ReadGraph(a.G ?? throw new OnnxFormatException($"attribute '{a.Name}' of type GRAPH holds no graph"), dir) },
                 _ => throw new OnnxFormatException($"attribute '{a.Name}' has unsupported type {a.Type}"),
             };
         }

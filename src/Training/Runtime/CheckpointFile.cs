@@ -116,13 +116,22 @@ public sealed class CheckpointFile
         JsonNode? header;
         try { header = JsonNode.Parse(hb); }
         catch (JsonException e) { throw new CheckpointException($"{path}: corrupt checkpoint header ({e.Message})", e); }
-        int format = header?["format"]?.GetValue<int>() ?? -1;
+        int format;
+        try { format = header?["format"]?.GetValue<int>() ?? -1; }
+        catch (Exception e) when (e is InvalidOperationException or FormatException) { throw new CheckpointException($"{path}: corrupt checkpoint header ({e.Message})", e); }
         if (format != FormatVersion)
             throw new CheckpointException($"{path}: checkpoint format version {format} is not supported (this build reads version {FormatVersion})");
         long dataStart = (16 + headerLength + Align - 1) / Align * Align;
         var ck = new CheckpointFile();
-        if (header!["meta"] is JsonObject meta)
-            foreach (var (k, v) in meta) ck.Meta[k] = v?.GetValue<string>() ?? "";
+        try
+        {
+            if (header!["meta"] is JsonObject meta)
+                foreach (var (k, v) in meta) ck.Meta[k] = v?.GetValue<string>() ?? "";
+        }
+        catch (Exception e) when (e is InvalidOperationException or FormatException)
+        {
+            throw new CheckpointException($"{path}: corrupt checkpoint metadata ({e.Message})", e);
+        }
         var trailer = new byte[Trailer.Length];
         fs.Seek(fileLength - Trailer.Length, SeekOrigin.Begin);
         fs.ReadExactly(trailer);

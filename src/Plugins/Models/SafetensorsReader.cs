@@ -222,13 +222,14 @@ public static class SafetensorsReader
         if (end < begin) throw E($"data_offsets [{begin}, {end}] end before they begin");
         // Shape entries are at most 2^53; stop multiplying once past the available bytes, so Int128 never overflows.
         Int128 bytes = shape.Contains(0) ? 0 : size;
+        bool partial = false;
         foreach (var d in shape)
         {
-            if (bytes > end - begin) break;
+            if (bytes > end - begin) { partial = true; break; }
             bytes *= d;
         }
         if (bytes != end - begin)
-            throw E($"shape [{string.Join(", ", shape)}] of {dtype} needs {(bytes > end - begin ? "more than " + (end - begin) : bytes.ToString())} bytes but data_offsets [{begin}, {end}] hold {end - begin}");
+            throw E($"shape [{string.Join(", ", shape)}] of {dtype} needs {(partial ? "more than " + (end - begin) : bytes.ToString())} bytes but data_offsets [{begin}, {end}] hold {end - begin}");
         return new SafetensorsEntry(name, dtype, shape, begin, end);
     }
 

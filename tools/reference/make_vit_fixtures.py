@@ -11,7 +11,9 @@ Writes into tests/fixtures/vit/ (default):
                        then N(0, 0.05) noise on every parameter so the zero-initialized
                        class token, biases and head are not trivial.
   io.safetensors       "input" (4, 3, 32, 32) float32 and "logits" (4, 10): the
-                       eval-mode output of torchvision for that input.
+                       eval-mode output of torchvision for that input; "labels" (4,) int64
+                       and "loss": mean cross-entropy of those logits.
+  grads.safetensors    d loss / d parameter for every parameter (state_dict names).
   config.json          the architecture settings.
 
 The safetensors files are written by hand (struct + json + numpy bytes): an 8-byte
@@ -38,7 +40,7 @@ BATCH = 4
 
 def write_safetensors(path, tensors, metadata=None):
     """tensors: list of (name, np.ndarray float32/float16/float64)."""
-    dtypes = {np.dtype("float32"): "F32", np.dtype("float16"): "F16", np.dtype("float64"): "F64"}
+    dtypes = {np.dtype("float32"): "F32", np.dtype("float16"): "F16", np.dtype("float64"): "F64", np.dtype("int64"): "I64"}
     header = {}
     blobs = []
     offset = 0
@@ -74,21 +76,27 @@ def main():
     model.eval()
 
     x = torch.randn(BATCH, 3, CONFIG["image_size"], CONFIG["image_size"])
-    with torch.no_grad():
-        logits = model(x)
+    labels = torch.tensor([3, 0, 9, 3], dtype=torch.int64)
+    logits = model(x)
+    loss = torch.nn.functional.cross_entropy(logits, labels)
+    loss.backward()
+    logits = logits.detach()
+    grads = [(k, p.grad.numpy().astype(np.float32)) for k, p in model.named_parameters()]
 
     state = [(k, v.detach().cpu().numpy().astype(np.float32)) for k, v in model.state_dict().items()]
     write_safetensors(os.path.join(args.out, "weights.safetensors"), state,
                       {"format": "pt", "source": "tools/reference/make_vit_fixtures.py"})
     write_safetensors(os.path.join(args.out, "io.safetensors"),
-                      [("input", x.numpy()), ("logits", logits.numpy())])
+                      [("input", x.numpy()), ("logits", logits.numpy()), ("labels", labels.numpy()),
+                       ("loss", loss.detach().numpy().reshape(1))])
+    write_safetensors(os.path.join(args.out, "grads.safetensors"), grads)
     with open(os.path.join(args.out, "config.json"), "w") as f:
         json.dump(dict(CONFIG, batch=BATCH, torch=torch.__version__,
                        torchvision=__import__("torchvision").__version__), f, indent=2)
         f.write("\n")
 
     n = sum(v.size for _, v in state)
-    print(f"{len(state)} tensors, {n} parameters; logits[0,:4] = {logits[0, :4].tolist()}")
+    print(f"{len(state)} tensors, {n} parameters; logits[0,:4] = {logits[0, :4].tolist()}; loss {loss.item():.6f}")
     for fn in sorted(os.listdir(args.out)):
         print(f"  {fn}: {os.path.getsize(os.path.join(args.out, fn))} bytes")
 

@@ -108,11 +108,14 @@ public sealed class PluginCatalog
                 problems.Add($"{entry.GetType().Name}.Configure failed: {e.Message}");
                 continue;
             }
-            foreach (var d in services)
+            var resolved = new List<(Type Type, object Service)>();
+            foreach (var type in services.Select(d => d.ServiceType).Distinct())
             {
-                object svc;
-                try { svc = sp.GetRequiredService(d.ServiceType); }
-                catch (Exception e) { problems.Add($"cannot create {d.ServiceType.Name}: {e.Message}"); continue; }
+                try { resolved.AddRange(sp.GetServices(type).Where(x => x != null).Select(x => (type, (object)x!))); }
+                catch (Exception e) { problems.Add($"cannot create {type.Name}: {e.Message}"); }
+            }
+            foreach (var (serviceType, svc) in resolved)
+            {
                 switch (svc)
                 {
                     case IDatasetProvider ds:
@@ -127,9 +130,9 @@ public sealed class PluginCatalog
                         }
                         break;
                     default:
-                        if (!_others.TryGetValue(d.ServiceType, out var l)) _others[d.ServiceType] = l = new();
+                        if (!_others.TryGetValue(serviceType, out var l)) _others[serviceType] = l = new();
                         l.Add((svc, name));
-                        provides.Add($"{d.ServiceType.Name} {(svc.GetType().GetProperty("Name")?.GetValue(svc) ?? svc.GetType().Name)}");
+                        provides.Add($"{serviceType.Name} {(svc.GetType().GetProperty("Name")?.GetValue(svc) ?? svc.GetType().Name)}");
                         break;
                 }
             }

@@ -50,7 +50,7 @@ public static class TrainCommand
         try
         {
             var catalog = host.Services.GetRequiredService<PluginCatalog>();
-            var run = new TrainRun(s, catalog, log, (ds, model, training, settings) => new SimpleBatchSource(ds, model, training, settings));
+            var run = new TrainRun(s, catalog, log, (ds, model, training, settings) => new LoaderBatchSource(ds, model, training, settings));
             return run.Run(lifetime.ApplicationStopping);
         }
         catch (Exception e) when (Classify(e) is int code)

@@ -48,6 +48,7 @@ public sealed class Trainer : IDisposable
     readonly OrtValue _lazyReset, _lr, _step, _gradScale;
     readonly OrtValue _loss, _top1, _top5, _evalLoss, _allFinite, _gradNorm;
     readonly bool _metrics;
+    readonly List<string> _trainDeviceOutputs = new(), _evalDeviceOutputs = new();
     bool _resetPending = true;
 
     /// <summary>Number of optimizer updates applied (skipped non-finite steps do not count).</summary>
@@ -121,8 +122,7 @@ public sealed class Trainer : IDisposable
         }
         _trainBinding.BindInput(TrainingArtifacts.LazyResetGrad, _lazyReset);
         _trainBinding.BindOutput(TrainingArtifacts.LossOutput, _loss);
-        foreach (var o in tg.Outputs.Where(o => !IsBound(o.Name, training: true)))
-            _trainBinding.BindOutputToDevice(o.Name, _dev.MemoryInfo);
+        _trainDeviceOutputs.AddRange(tg.Outputs.Where(o => !IsBound(o.Name, training: true)).Select(o => o.Name));
         if (_metrics) _trainBinding.BindOutput(TrainingArtifacts.Top1, _top1);
         if (_metrics && tg.Outputs.Any(o => o.Name == TrainingArtifacts.Top5)) _trainBinding.BindOutput(TrainingArtifacts.Top5, _top5);
 
@@ -135,7 +135,7 @@ public sealed class Trainer : IDisposable
             if (o.Name == TrainingArtifacts.LossOutput) continue;
             if (o.Name == TrainingArtifacts.Top1) _evalBinding.BindOutput(o.Name, _top1);
             else if (o.Name == TrainingArtifacts.Top5) _evalBinding.BindOutput(o.Name, _top5);
-            else _evalBinding.BindOutputToDevice(o.Name, _dev.MemoryInfo);
+            else _evalDeviceOutputs.Add(o.Name);
         }
 
         // Optimizer: every updated output bound to the buffer it replaces.
@@ -219,6 +219,8 @@ public sealed class Trainer : IDisposable
         for (int i = 0; i < inputs.Count; i++) _trainBinding.BindInput(_forwardInputs[i], inputs[i]);
         _trainBinding.BindInput(_labels, labels);
         _lazyReset.GetTensorMutableDataAsSpan<bool>()[0] = _resetPending;
+        // Outputs ORT allocates (logits): bound afresh each run, as their shape follows the batch size.
+        foreach (var o in _trainDeviceOutputs) _trainBinding.BindOutputToDevice(o, _dev.MemoryInfo);
         _train.RunWithBinding(_run, _trainBinding);
         _trainBinding.SynchronizeBoundOutputs();
         _resetPending = false;
@@ -244,6 +246,7 @@ public sealed class Trainer : IDisposable
     {
         for (int i = 0; i < inputs.Count; i++) _evalBinding.BindInput(_forwardInputs[i], inputs[i]);
         _evalBinding.BindInput(_labels, labels);
+        foreach (var o in _evalDeviceOutputs) _evalBinding.BindOutputToDevice(o, _dev.MemoryInfo);
         _eval.RunWithBinding(_run, _evalBinding);
         _evalBinding.SynchronizeBoundOutputs();
         return new EvalStepResult(ReadScalar(_evalLoss), _metrics ? _top1.GetTensorDataAsSpan<long>()[0] : -1, _metrics ? _top5.GetTensorDataAsSpan<long>()[0] : -1);
@@ -253,12 +256,12 @@ public sealed class Trainer : IDisposable
     public IReadOnlyDictionary<string, Tensor> EvalOutputs(IReadOnlyList<OrtValue> inputs, OrtValue labels)
     {
         EvalStep(inputs, labels);
-        var names = _evalModel.Graph.Outputs.Select(o => o.Name).ToList();
+        var names = _evalBinding.GetOutputNames();
         var values = _evalBinding.GetOutputValues();
         var result = new Dictionary<string, Tensor>();
         try
         {
-            for (int i = 0; i < names.Count; i++)
+            for (int i = 0; i < names.Length; i++)
             {
                 if (names[i] is TrainingArtifacts.LossOutput or TrainingArtifacts.Top1 or TrainingArtifacts.Top5) continue;
                 var info = values[i].GetTensorTypeAndShape();

@@ -34,7 +34,7 @@ public sealed class KernelProbe : IKernelAvailability, IDisposable
 
     public bool Has(KernelQuery q)
     {
-        if (q.HalfType == null) return true;
+        if (q.ProbedType == null) return true;
         return _cache.GetOrAdd(q.Key, _ => Probe(q)).Available;
     }
 

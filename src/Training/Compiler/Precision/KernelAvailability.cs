@@ -13,8 +13,11 @@ public sealed record KernelQuery(string OpType, string Domain, long Opset, IRead
     /// <summary>The types that decide kernel selection: op, opset and the dtypes of inputs and outputs.</summary>
     public string Key => $"{(Domain.Length > 0 ? Domain + "." : "")}{OpType}@{Opset}({string.Join(",", Inputs.Select(i => i?.Type.OnnxName() ?? "-"))})->({string.Join(",", Outputs.Select(o => o?.OnnxName() ?? "-"))})";
 
-    /// <summary>The 16-bit float type among the inputs and outputs, if any (what the probe is about).</summary>
-    public DataType? HalfType => Inputs.Select(i => i?.Type).Concat(Outputs).FirstOrDefault(t => t is DataType.Float16 or DataType.BFloat16);
+    /// <summary>
+    /// The float type other than fp32 among the inputs and outputs (float16, bfloat16 or double), if any:
+    /// what a probe is about. fp32 kernels are assumed to exist.
+    /// </summary>
+    public DataType? ProbedType => Inputs.Select(i => i?.Type).Concat(Outputs).FirstOrDefault(t => t is DataType.Float16 or DataType.BFloat16 or DataType.Double);
 
     /// <summary>The query for a node of a graph whose value types are known.</summary>
     public static KernelQuery Of(Node n, Graph g, long opset, Func<string, DataType?>? typeOverride = null)
@@ -53,5 +56,5 @@ public sealed class ListedKernels(IEnumerable<(string Op, DataType Type)> half) 
 {
     readonly HashSet<(string, DataType)> _half = half.ToHashSet();
     public string Provider => "listed";
-    public bool Has(KernelQuery q) => q.HalfType is not { } t || _half.Contains((q.OpType, t));
+    public bool Has(KernelQuery q) => q.ProbedType is not { } t || t == DataType.Double || _half.Contains((q.OpType, t));
 }

@@ -28,7 +28,7 @@ public static class KernelFallback
             nodes.Add(n);
             if (n.Domain != "" || n.OpType is "Cast" || n.Attributes.Values.Any(a => a.G != null)) continue;
             var q = KernelQuery.Of(n, g, opset);
-            if (q.HalfType is not { } half || kernels.Has(q)) continue;
+            if (q.ProbedType is not { } half || kernels.Has(q)) continue;
             // Would it load with fp32 in place of the 16-bit type?
             var q32 = KernelQuery.Of(n, g, opset, v => g.TypeOf(v)?.ElemType == half ? DataType.Float : null);
             if (!kernels.Has(q32)) throw new CompileException($"{n.Describe()} has no {half.OnnxName()} kernel on {kernels.Provider}, and no float kernel either");

@@ -159,9 +159,13 @@ public static class OptimizerBuilder
                 var m1 = StateName(p.Name, "exp_avg");
                 var m2 = StateName(p.Name, "exp_avg_sq");
                 var newM1 = b.Add(b.Mul(In(m1), S(o.Beta1)), b.Mul(grad, S(1 - o.Beta1)));
-                var newM2 = b.Add(b.Mul(In(m2), S(o.Beta2)), b.Mul(b.Mul(grad, grad), S(1 - o.Beta2)));
+                // fp16 cannot hold squared gradients (below 6e-8 they flush to zero and the update explodes):
+                // for fp16 parameters exp_avg_sq is stored as its square root, whose range fp16 covers.
+                bool rms = dt == DataType.Float16;
+                var m2In = rms ? b.Mul(In(m2), In(m2)) : In(m2);
+                var newM2 = b.Add(b.Mul(m2In, S(o.Beta2)), b.Mul(b.Mul(grad, grad), S(1 - o.Beta2)));
                 newStates.Add((m1, Out(newM1)));
-                newStates.Add((m2, Out(newM2)));
+                newStates.Add((m2, Out(rms ? b.Op("Sqrt", [newM2]) : newM2)));
                 var denom = b.Add(b.Div(b.Op("Sqrt", [newM2]), FromD(bc2SqrtD!)), S(o.Eps));
                 var stepSize = FromD(stepSizeD!);
                 var start = pIn;

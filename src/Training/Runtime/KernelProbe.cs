@@ -49,6 +49,9 @@ public sealed class KernelProbe : IKernelAvailability, IDisposable
 
     ProbeResult Probe(KernelQuery q)
     {
+        // Limits the CPU kernels check only when they run (the session loads): found by running training graphs.
+        if (!_device.IsCuda && q.OpType is "ScatterElements" or "ScatterND" && q.Attributes.GetString("reduction", "none") != "none" && q.ProbedType is DataType.Float16 or DataType.BFloat16)
+            return new ProbeResult(false, "the CPU kernel loads but rejects 16-bit data with a reduction at run time");
         var m = new Model();
         m.Opsets.Clear();
         m.Opsets[""] = q.Opset;

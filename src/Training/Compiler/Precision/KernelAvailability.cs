@@ -11,7 +11,8 @@ public sealed record KernelQuery(string OpType, string Domain, long Opset, IRead
     IReadOnlyList<DataType?> Outputs, Node Attributes)
 {
     /// <summary>The types that decide kernel selection: op, opset and the dtypes of inputs and outputs.</summary>
-    public string Key => $"{(Domain.Length > 0 ? Domain + "." : "")}{OpType}@{Opset}({string.Join(",", Inputs.Select(i => i?.Type.OnnxName() ?? "-"))})->({string.Join(",", Outputs.Select(o => o?.OnnxName() ?? "-"))})";
+    public string Key => $"{(Domain.Length > 0 ? Domain + "." : "")}{OpType}@{Opset}({string.Join(",", Inputs.Select(i => i?.Type.OnnxName() ?? "-"))})->({string.Join(",", Outputs.Select(o => o?.OnnxName() ?? "-"))})"
+        + (Attributes.Attr("reduction") is { } r ? $"[reduction={r.S}]" : "");
 
     /// <summary>
     /// The float type other than fp32 among the inputs and outputs (float16, bfloat16 or double), if any:

@@ -3,6 +3,7 @@ using System.Text.RegularExpressions;
 using OrtFinetune.Onnx;
 using OrtFinetune.Training.Compiler.Autodiff;
 using OrtFinetune.Training.Compiler.Losses;
+using OrtFinetune.Training.Compiler.Precision;
 using Attribute = OrtFinetune.Onnx.Attribute;
 
 namespace OrtFinetune.Training.Compiler;
@@ -26,6 +27,10 @@ public sealed record CompileOptions
     public bool GradientAccumulation { get; init; }
     /// <summary>Add top1_correct / top5_correct (int64 counts) outputs for (N, C) logits.</summary>
     public bool Metrics { get; init; } = true;
+    /// <summary>Precision policy: rewrites the forward graph before autodiff; with loss scaling the training model takes a loss_scale input. Null = the model as written.</summary>
+    public Abstractions.IPrecisionPolicy? Precision { get; init; }
+    /// <summary>Kernels of the target provider: 16-bit nodes it lacks run in fp32 (wrapped in casts). Null = not checked.</summary>
+    public IKernelAvailability? Kernels { get; init; }
 }
 
 /// <summary>What <see cref="TrainingCompiler.Compile"/> produces. See docs/artifacts.md for the contract.</summary>
@@ -49,6 +54,10 @@ public sealed class TrainingArtifacts
     public static string AccumulationBuffer(string param) => param + "_grad.accumulation.buffer";
     public bool HasAccumulation { get; init; }
     public bool HasMetrics { get; init; }
+    /// <summary>The float scalar input the loss gradient is seeded with (dynamic loss scaling); present with a scaling precision policy.</summary>
+    public const string LossScaleInput = "loss_scale";
+    public bool HasLossScale { get; init; }
+    public string? Precision { get; init; }
     public static string GradName(string param) => param + "_grad";
     public static string UpdatedName(string buffer) => buffer + "_updated";
 }
@@ -66,6 +75,12 @@ public static class TrainingCompiler
         options ??= new CompileOptions();
         options.Loss.Validate();
         var sw = Stopwatch.StartNew();
+        // Precision (issue 5): the policy rewrites a copy of the forward model before anything else.
+        if (options.Precision != null)
+        {
+            forward = forward.Clone();
+            options.Precision.ConvertForward(forward, new PrecisionPasses(options.Kernels));
+        }
         long opset = forward.OpsetOf("");
         if (opset < MinOpset)
             throw new CompileException($"the model uses ai.onnx opset {opset}; training needs opset {MinOpset} or newer (re-export it, e.g. torch.onnx.export(..., opset_version=17))");
@@ -122,7 +137,15 @@ public static class TrainingCompiler
         var forwardOutputs = fg.Outputs.Select(o => new ValueInfo(o.Name, g.TypeOf(o.Name) ?? o.Type)).ToList();
         var forwardInputs = fg.Inputs.Select(i => new ValueInfo(i.Name, g.TypeOf(i.Name) ?? i.Type)).ToList();
 
-        var grads = Autodiff.Autodiff.Differentiate(g, opset, TrainingArtifacts.LossOutput, parameters, registry);
+        string? seed = null;
+        if (options.Precision?.LossScaling != null)
+        {
+            b.Reserve(TrainingArtifacts.LossScaleInput);
+            g.Inputs.Add(new ValueInfo(TrainingArtifacts.LossScaleInput, new TensorType(DataType.Float, [])));
+            var lossT = g.TypeOf(TrainingArtifacts.LossOutput)!.ElemType;
+            seed = lossT == DataType.Float ? TrainingArtifacts.LossScaleInput : b.Cast(TrainingArtifacts.LossScaleInput, lossT);
+        }
+        var grads = Autodiff.Autodiff.Differentiate(g, opset, TrainingArtifacts.LossOutput, parameters, registry, seed);
         var accInputs = new List<ValueInfo>();
         if (options.GradientAccumulation)
         {
@@ -148,6 +171,7 @@ public static class TrainingCompiler
         g.Inputs.AddRange(paramTensors.Select(t => new ValueInfo(t.Name, t.TensorType)));
         g.Inputs.AddRange(bufferTensors.Select(t => new ValueInfo(t.Name, t.TensorType)));
         g.Inputs.AddRange(accInputs);
+        if (seed != null) g.Inputs.Add(new ValueInfo(TrainingArtifacts.LossScaleInput, new TensorType(DataType.Float, [])));
         g.Outputs.Clear();
         g.Outputs.Add(new ValueInfo(TrainingArtifacts.LossOutput, g.TypeOf(TrainingArtifacts.LossOutput)!));
         g.Outputs.AddRange(forwardOutputs);
@@ -173,8 +197,15 @@ public static class TrainingCompiler
         train.Metadata["ortfinetune.buffers"] = string.Join("\n", buffers.Select(x => x.Name));
 
         var eval = BuildEval(forward, options, opset, logits, labelsType, lt, paramTensors, bufferTensors);
+        if (options.Kernels != null)
+        {
+            KernelFallback.Apply(train, options.Kernels);
+            KernelFallback.Apply(eval, options.Kernels);
+        }
+        if (options.Precision != null) train.Metadata["ortfinetune.precision"] = eval.Metadata["ortfinetune.precision"] = options.Precision.Name;
         return new TrainingArtifacts
         {
+            HasLossScale = seed != null, Precision = options.Precision?.Name,
             TrainingModel = train, EvalModel = eval, Parameters = paramTensors, Buffers = bufferTensors,
             ForwardInputs = forwardInputs, ForwardOutputs = forwardOutputs, Labels = options.LabelsInput,
             FrozenParameters = frozen, CompileTime = sw.Elapsed,

@@ -45,7 +45,7 @@ public sealed class Trainer : IDisposable
     readonly List<OrtValue> _grads = new();
     readonly List<(string Name, DataType Type, long[] Shape, OrtValue Value)> _buffers = new();
     readonly List<(string Name, DataType Type, long[] Shape, OrtValue Value)> _states = new();
-    readonly OrtValue _lazyReset, _lr, _step, _gradScale;
+    readonly OrtValue _lazyReset, _lr, _step, _gradScale, _lossScale;
     readonly OrtValue _loss, _top1, _top5, _evalLoss, _allFinite, _gradNorm;
     readonly bool _metrics;
     readonly List<string> _trainDeviceOutputs = new(), _evalDeviceOutputs = new();
@@ -57,6 +57,19 @@ public sealed class Trainer : IDisposable
     public string OptimizerType { get; }
     public DeviceSpec Device => _o.Device;
     public IReadOnlyList<string> ParameterNames => _params.Select(p => p.Name).ToList();
+    /// <summary>Whether the training model seeds backward with a loss_scale input (dynamic loss scaling).</summary>
+    public bool HasLossScale { get; }
+
+    /// <summary>The loss scale the next TrainStep seeds backward with (only with <see cref="HasLossScale"/>).</summary>
+    public float LossScale
+    {
+        get => _lossScale.GetTensorDataAsSpan<float>()[0];
+        set
+        {
+            if (!HasLossScale) throw new TrainingException("the training model has no loss_scale input; compile it with a loss-scaling precision (e.g. 16-mixed)");
+            _lossScale.GetTensorMutableDataAsSpan<float>()[0] = value;
+        }
+    }
 
     public Trainer(Model training, Model eval, Model optimizer, IReadOnlyList<Tensor> parameters, IReadOnlyList<Tensor> buffers, TrainerOptions? options = null)
     {
@@ -87,7 +100,7 @@ public sealed class Trainer : IDisposable
         foreach (var bt in buffers) _buffers.Add((bt.Name, bt.Type, bt.Dims, _dev.Upload(bt.Type, bt.Dims, bt.RawData.Span)));
         var optimInputs = optimizer.Graph.Inputs.Select(i => i.Name).ToHashSet();
         foreach (var p in parameters)
-            foreach (var suffix in new[] { "momentum_buffer", "exp_avg", "exp_avg_sq" })
+            foreach (var suffix in new[] { "momentum_buffer", "exp_avg", "exp_avg_sq", OptimizerBuilder.KahanSuffix })
             {
                 var name = OptimizerBuilder.StateName(p.Name, suffix);
                 if (optimInputs.Contains(name)) _states.Add((name, p.Type, p.Dims, _dev.Zeros(p.Type, p.Dims)));
@@ -99,6 +112,8 @@ public sealed class Trainer : IDisposable
         _lr = OrtValue.CreateTensorValueFromMemory(new[] { LearningRate }, []);
         _step = OrtValue.CreateTensorValueFromMemory(new[] { 1L }, []);
         _gradScale = OrtValue.CreateTensorValueFromMemory(new[] { 1f }, []);
+        _lossScale = OrtValue.CreateTensorValueFromMemory(new[] { 1f }, []);
+        HasLossScale = tg.Inputs.Any(i => i.Name == TrainingArtifacts.LossScaleInput);
         var lossType = tg.TypeOf(TrainingArtifacts.LossOutput)!.ElemType;
         _loss = HostScalar(lossType);
         _evalLoss = HostScalar(lossType);
@@ -121,6 +136,7 @@ public sealed class Trainer : IDisposable
             _trainBinding.BindOutput(TrainingArtifacts.UpdatedName(bf.Name), bf.Value);
         }
         _trainBinding.BindInput(TrainingArtifacts.LazyResetGrad, _lazyReset);
+        if (HasLossScale) _trainBinding.BindInput(TrainingArtifacts.LossScaleInput, _lossScale);
         _trainBinding.BindOutput(TrainingArtifacts.LossOutput, _loss);
         _trainDeviceOutputs.AddRange(tg.Outputs.Where(o => !IsBound(o.Name, training: true)).Select(o => o.Name));
         if (_metrics) _trainBinding.BindOutput(TrainingArtifacts.Top1, _top1);
@@ -365,7 +381,7 @@ public sealed class Trainer : IDisposable
     {
         _trainBinding.Dispose(); _evalBinding.Dispose(); _optimBinding.Dispose();
         foreach (var v in _params.Select(p => p.Value).Concat(_grads).Concat(_buffers.Select(b => b.Value)).Concat(_states.Select(s => s.Value))) v.Dispose();
-        foreach (var v in new[] { _lazyReset, _lr, _step, _gradScale, _loss, _top1, _top5, _evalLoss, _allFinite, _gradNorm }) v.Dispose();
+        foreach (var v in new[] { _lazyReset, _lr, _step, _gradScale, _lossScale, _loss, _top1, _top5, _evalLoss, _allFinite, _gradNorm }) v.Dispose();
         _dev.Dispose();
         _train.Dispose(); _eval.Dispose(); _optim.Dispose();
         _run.Dispose();

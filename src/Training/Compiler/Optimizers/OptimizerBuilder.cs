@@ -1,5 +1,6 @@
 using System.Text.RegularExpressions;
 using OrtFinetune.Onnx;
+using OrtFinetune.Training.Compiler.Precision;
 using Attribute = OrtFinetune.Onnx.Attribute;
 
 namespace OrtFinetune.Training.Compiler.Optimizers;
@@ -21,6 +22,8 @@ public sealed record OptimizerOptions
     public double? MaxGradNorm { get; init; }
     /// <summary>Glob patterns of parameters without weight decay. Null = biases and norm weights (parameters with fewer than 2 dimensions).</summary>
     public IReadOnlyList<string>? NoDecay { get; init; }
+    /// <summary>How updates are stored: rounded to nearest, or Kahan-compensated (one extra state tensor per parameter, in its dtype).</summary>
+    public Abstractions.UpdateRounding Rounding { get; init; } = Abstractions.UpdateRounding.Nearest;
 
     public void Validate()
     {
@@ -38,11 +41,11 @@ public sealed record OptimizerOptions
         : !NoDecay.Any(g => Regex.IsMatch(p.Name, "^" + Regex.Escape(g).Replace("\\*", ".*").Replace("\\?", ".") + "$")));
 
     /// <summary>State tensors kept per parameter, as name suffixes.</summary>
-    public string[] StateSuffixes => Type switch
+    public string[] StateSuffixes => [.. Type switch
     {
-        "sgd" => Momentum > 0 ? ["momentum_buffer"] : [],
-        _ => ["exp_avg", "exp_avg_sq"],
-    };
+        "sgd" => Momentum > 0 ? new[] { "momentum_buffer" } : [],
+        _ => new[] { "exp_avg", "exp_avg_sq" },
+    }, .. Rounding == Abstractions.UpdateRounding.Kahan ? new[] { OptimizerBuilder.KahanSuffix } : []];
 }
 
 /// <summary>
@@ -60,8 +63,22 @@ public static class OptimizerBuilder
     public const string LearningRate = "learning_rate", Step = "step", GradScale = "grad_scale", AllFinite = "all_finite", GradNorm = "grad_norm";
     public static string Updated(string name) => name + ".updated";
     public static string StateName(string param, string suffix) => $"{param}.{suffix}";
+    /// <summary>State suffix of the Kahan compensation buffer (the rounding error of the last stored update).</summary>
+    public const string KahanSuffix = "kahan_comp";
 
-    public static Model Build(IReadOnlyList<Tensor> parameters, OptimizerOptions o, long opset = 17)
+    /// <summary>
+    /// Builds the optimizer graph. 16-bit parameters and states are stored in their dtype but updated in
+    /// fp32 (read, cast up, computed, rounded once at the store). With <paramref name="kernels"/>, 16-bit
+    /// nodes the provider lacks are wrapped in fp32 casts.
+    /// </summary>
+    public static Model Build(IReadOnlyList<Tensor> parameters, OptimizerOptions o, long opset = 17, IKernelAvailability? kernels = null)
+    {
+        var m = BuildGraph(parameters, o, opset);
+        if (kernels != null) KernelFallback.Apply(m, kernels);
+        return m;
+    }
+
+    static Model BuildGraph(IReadOnlyList<Tensor> parameters, OptimizerOptions o, long opset)
     {
         o.Validate();
         var m = new Model();
@@ -110,43 +127,62 @@ public static class OptimizerBuilder
         {
             var dt = p.Type;
             b.Prefix = p.Name + "/optim";
-            string S(double v) => b.Scalar(v, dt);
-            string Conv(string scalarF) => dt == F ? scalarF : b.Cast(scalarF, dt);
-            string FromD(string scalarD) => b.Cast(scalarD, dt);
+            bool half = dt is DataType.Float16 or DataType.BFloat16;
+            var ct = half ? F : dt;
+            string S(double v) => b.Scalar(v, ct);
+            string Conv(string scalarF) => ct == F ? scalarF : b.Cast(scalarF, ct);
+            string FromD(string scalarD) => b.Cast(scalarD, ct);
+            string In(string v) => half ? b.Cast(v, F) : v;
+            string Out(string v) => half ? b.Cast(v, dt) : v;
+            var pIn = In(p.Name);
             var lr = Conv(LearningRate);
-            var grad = b.Mul(p.Name + "_grad", Conv(factor));
+            var grad = b.Mul(In(p.Name + "_grad"), Conv(factor));
             bool decay = o.Decays(p);
             string newP;
             var newStates = new List<(string Input, string Value)>();
             if (o.Type == "sgd")
             {
-                if (decay) grad = b.Add(grad, b.Mul(p.Name, S(o.WeightDecay)));
+                if (decay) grad = b.Add(grad, b.Mul(pIn, S(o.WeightDecay)));
                 if (o.Momentum > 0)
                 {
                     var buf = StateName(p.Name, "momentum_buffer");
-                    var running = b.Add(b.Mul(buf, S(o.Momentum)), o.Dampening == 0 ? grad : b.Mul(grad, S(1 - o.Dampening)));
+                    var running = b.Add(b.Mul(In(buf), S(o.Momentum)), o.Dampening == 0 ? grad : b.Mul(grad, S(1 - o.Dampening)));
                     var newBuf = b.Where(firstStep, grad, running);
-                    newStates.Add((buf, newBuf));
+                    newStates.Add((buf, Out(newBuf)));
                     grad = o.Nesterov ? b.Add(grad, b.Mul(newBuf, S(o.Momentum))) : newBuf;
                 }
-                newP = b.Sub(p.Name, b.Mul(grad, lr));
+                newP = b.Sub(pIn, b.Mul(grad, lr));
             }
             else
             {
-                if (decay && o.Type == "adam") grad = b.Add(grad, b.Mul(p.Name, S(o.WeightDecay)));
+                if (decay && o.Type == "adam") grad = b.Add(grad, b.Mul(pIn, S(o.WeightDecay)));
                 var m1 = StateName(p.Name, "exp_avg");
                 var m2 = StateName(p.Name, "exp_avg_sq");
-                var newM1 = b.Add(b.Mul(m1, S(o.Beta1)), b.Mul(grad, S(1 - o.Beta1)));
-                var newM2 = b.Add(b.Mul(m2, S(o.Beta2)), b.Mul(b.Mul(grad, grad), S(1 - o.Beta2)));
-                newStates.Add((m1, newM1));
-                newStates.Add((m2, newM2));
+                var newM1 = b.Add(b.Mul(In(m1), S(o.Beta1)), b.Mul(grad, S(1 - o.Beta1)));
+                // fp16 cannot hold squared gradients (below 6e-8 they flush to zero and the update explodes):
+                // for fp16 parameters exp_avg_sq is stored as its square root, whose range fp16 covers.
+                bool rms = dt == DataType.Float16;
+                var m2In = rms ? b.Mul(In(m2), In(m2)) : In(m2);
+                var newM2 = b.Add(b.Mul(m2In, S(o.Beta2)), b.Mul(b.Mul(grad, grad), S(1 - o.Beta2)));
+                newStates.Add((m1, Out(newM1)));
+                newStates.Add((m2, Out(rms ? b.Op("Sqrt", [newM2]) : newM2)));
                 var denom = b.Add(b.Div(b.Op("Sqrt", [newM2]), FromD(bc2SqrtD!)), S(o.Eps));
                 var stepSize = FromD(stepSizeD!);
-                var start = p.Name;
+                var start = pIn;
                 if (decay && o.Type == "adamw")
-                    start = b.Mul(p.Name, FromD(decayFactorD!));
+                    start = b.Mul(pIn, FromD(decayFactorD!));
                 newP = b.Sub(start, b.Mul(stepSize, b.Div(newM1, denom)));
             }
+            if (o.Rounding == Abstractions.UpdateRounding.Kahan)
+            {
+                // Compensated store: add back what the last rounding lost, round once, keep the new loss.
+                var comp = StateName(p.Name, KahanSuffix);
+                var exact = b.Add(pIn, b.Add(b.Sub(newP, pIn), In(comp)));
+                var stored = Out(exact);
+                newStates.Add((comp, Out(b.Sub(exact, In(stored)))));
+                newP = stored;
+            }
+            else newP = Out(newP);
             outputs.Add((Updated(p.Name), newP, p.TensorType));
             foreach (var (input, value) in newStates) stateOutputs.Add((Updated(input), value, p.TensorType));
         }

@@ -1,0 +1,77 @@
+using OrtFinetune.Onnx;
+
+namespace OrtFinetune.Training.Compiler.Precision;
+
+/// <summary>
+/// Removes redundant casts: a Cast to the type its input already has; a Cast back of a lossless
+/// widening cast (fp16/bf16 -> fp32 -> fp16/bf16 is the identity); duplicate Casts of one value to one
+/// type. With <c>foldLossy</c> also fp32 -> 16-bit -> fp32 when the outer Cast is one it accepts (used for
+/// the casts of kernel fallback, where the 16-bit value only existed because a provider lacks a kernel:
+/// skipping the rounding keeps more precision; casts that round on purpose, e.g. Kahan's, are never folded). Casts that
+/// name a graph output are kept. Returns the number of Cast nodes removed.
+/// </summary>
+public static class CastCleanup
+{
+    public static int Run(Graph g, Func<Node, bool>? foldLossy = null)
+    {
+        int removed = 0;
+        var outputs = g.Outputs.Select(o => o.Name).ToHashSet();
+        while (true)
+        {
+            var producers = g.Producers();
+            var replace = new Dictionary<string, string>();
+            var seen = new Dictionary<(string, long), string>();
+            foreach (var n in g.Nodes)
+            {
+                if (n.OpType != "Cast" || n.Domain != "" || outputs.Contains(n.Output(0))) continue;
+                var x = Resolve(replace, n.Input(0));
+                var to = (DataType)n.GetInt("to", 0);
+                var xt = g.TypeOf(x)?.ElemType;
+                if (xt == to) { replace[n.Output(0)] = x; continue; }
+                if (producers.TryGetValue(x, out var p) && p.OpType == "Cast" && p.Domain == "")
+                {
+                    var src = p.Input(0);
+                    var st = g.TypeOf(src)?.ElemType;
+                    if (st == to && xt is { } mid && (Lossless(to, mid) || foldLossy?.Invoke(n) == true)) { replace[n.Output(0)] = src; continue; }
+                }
+                if (seen.TryGetValue((x, (long)to), out var first)) { replace[n.Output(0)] = first; continue; }
+                seen[(x, (long)to)] = n.Output(0);
+            }
+            if (replace.Count == 0) break;
+            foreach (var n in g.Nodes)
+                for (int i = 0; i < n.Inputs.Count; i++)
+                    if (n.Inputs[i].Length > 0 && replace.ContainsKey(n.Inputs[i])) n.Inputs[i] = Resolve(replace, n.Inputs[i]);
+            removed += RemoveUnusedCasts(g, outputs);
+        }
+        removed += RemoveUnusedCasts(g, outputs);
+        return removed;
+    }
+
+    static string Resolve(Dictionary<string, string> map, string v)
+    {
+        while (map.TryGetValue(v, out var r)) v = r;
+        return v;
+    }
+
+    /// <summary>Whether every value of <paramref name="narrow"/> survives a round trip through <paramref name="wide"/>.</summary>
+    public static bool Lossless(DataType narrow, DataType wide) => (narrow, wide) switch
+    {
+        (DataType.Float16 or DataType.BFloat16, DataType.Float or DataType.Double) => true,
+        (DataType.Float, DataType.Double) => true,
+        _ => false,
+    };
+
+    static int RemoveUnusedCasts(Graph g, HashSet<string> outputs)
+    {
+        int removed = 0;
+        while (true)
+        {
+            var used = new HashSet<string>(outputs);
+            foreach (var n in g.Nodes) foreach (var i in n.Inputs) used.Add(i);
+            foreach (var n in g.Nodes) foreach (var a in n.Attributes.Values) if (a.G != null) foreach (var v in a.G.OuterScopeReads()) used.Add(v);
+            int k = g.Nodes.RemoveAll(n => n.OpType == "Cast" && n.Domain == "" && !used.Contains(n.Output(0)));
+            if (k == 0) return removed;
+            removed += k;
+        }
+    }
+}

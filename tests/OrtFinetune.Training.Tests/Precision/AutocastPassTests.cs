@@ -1,0 +1,168 @@
+using OrtFinetune.Abstractions;
+using OrtFinetune.Onnx;
+using OrtFinetune.Training.Compiler;
+using OrtFinetune.Training.Compiler.Precision;
+using OrtFinetune.Training.Runtime;
+using OrtFinetune.Training.Tests.Support;
+using Xunit.Abstractions;
+using Attribute = OrtFinetune.Onnx.Attribute;
+
+namespace OrtFinetune.Training.Tests.Precision;
+
+public class AutocastPassTests(ITestOutputHelper log)
+{
+    static DataType TypeOf(Model m, string v) => m.Graph.TypeOf(v)!.ElemType;
+    static Node NodeNamed(Model m, string name) => m.Graph.Nodes.Single(n => n.Name == name);
+    static DataType ComputeType(Model m, Node n) => TypeOf(m, n.Outputs[0]);
+
+    [Theory]
+    [InlineData(DataType.Float16)]
+    [InlineData(DataType.BFloat16)]
+    public void LowListRunsIn16BitSensitiveOpsInFp32AndMasterWeightsStayFp32(DataType low)
+    {
+        var m = Mlp();
+        var r = AutocastPass.Run(m, low, new AutocastLists());
+        ShapeInference.Infer(m);
+        log.WriteLine(string.Join("\n", m.Graph.Nodes));
+        Assert.Equal(low, ComputeType(m, NodeNamed(m, "fc1")));      // MatMul: low list
+        Assert.Equal(low, ComputeType(m, NodeNamed(m, "bias1")));    // Add: promote, activation is 16-bit, bias cast at use
+        Assert.Equal(low, ComputeType(m, NodeNamed(m, "relu")));     // Relu: follows its input
+        Assert.Equal(low, ComputeType(m, NodeNamed(m, "fc2")));
+        Assert.Equal(DataType.Float, ComputeType(m, NodeNamed(m, "softmax"))); // full list
+        Assert.Equal(DataType.Float, ComputeType(m, NodeNamed(m, "mix")));     // promote: fp32 and 16-bit activations -> fp32
+        // Master weights: initializers untouched, cast at use (one Cast per weight even when used twice).
+        foreach (var w in new[] { "w1", "b1", "w2" }) Assert.Equal(DataType.Float, m.Graph.Initializers[w].Type);
+        Assert.Single(m.Graph.Nodes, n => n.OpType == "Cast" && n.Inputs[0] == "w1");
+        // Interface unchanged.
+        Assert.Equal(DataType.Float, m.Graph.Outputs[0].Type.ElemType);
+        Assert.Equal(DataType.Float, TypeOf(m, "y"));
+        AssertNoRedundantCasts(m);
+        Assert.Equal(5, r.LowNodes); // fc1, bias1, relu, fc2, fc1_again
+    }
+
+    [Fact]
+    public void ListsAreConfigurable()
+    {
+        var m = Mlp();
+        AutocastPass.Run(m, DataType.Float16, new AutocastLists().With(addFull: ["MatMul"]));
+        ShapeInference.Infer(m);
+        Assert.DoesNotContain(m.Graph.Nodes, n => n.OpType != "Cast" && n.Outputs.Any(o => TypeOf(m, o) == DataType.Float16));
+        var m2 = Mlp();
+        AutocastPass.Run(m2, DataType.Float16, new AutocastLists().With(addLow: ["Softmax"]));
+        ShapeInference.Infer(m2);
+        Assert.Equal(DataType.Float16, ComputeType(m2, NodeNamed(m2, "softmax")));
+    }
+
+    [Fact]
+    public void AnOpWithoutA16BitKernelStaysFp32()
+    {
+        var m = Mlp();
+        var r = AutocastPass.Run(m, DataType.Float16, new AutocastLists(), new ListedKernels([("Relu", DataType.Float16)]));
+        ShapeInference.Infer(m);
+        Assert.Equal(DataType.Float, ComputeType(m, NodeNamed(m, "fc1")));
+        Assert.Equal(DataType.Float, ComputeType(m, NodeNamed(m, "relu"))); // its input is fp32 now: nothing to follow
+        Assert.DoesNotContain(m.Graph.Nodes, n => n.OpType == "Cast");
+        Assert.True(r.KeptFp32ForMissingKernel >= 2);
+    }
+
+    [Fact]
+    public void CastCleanupRemovesIdentityAndLosslessRoundTripsButKeepsRounding()
+    {
+        var m = new Model();
+        var g = m.Graph;
+        g.Inputs.Add(new ValueInfo("x", TensorType.Of(DataType.Float, 2)));
+        g.Inputs.Add(new ValueInfo("h", TensorType.Of(DataType.Float16, 2)));
+        Node Cast(string i, string o, DataType t) => new Node("Cast", [i], [o], "c_" + o).Set(Attribute.Of("to", (long)t));
+        g.Nodes.Add(Cast("x", "x32", DataType.Float));          // identity
+        g.Nodes.Add(Cast("h", "h32", DataType.Float));
+        g.Nodes.Add(Cast("h32", "h16", DataType.Float16));      // lossless round trip -> h
+        g.Nodes.Add(Cast("x", "x16", DataType.Float16));
+        g.Nodes.Add(Cast("x16", "xr", DataType.Float));         // rounding on purpose: kept
+        g.Nodes.Add(Cast("x", "x16b", DataType.Float16));       // duplicate of x16
+        g.Nodes.Add(new Node("Add", ["x32", "xr"], ["a"], "a"));
+        g.Nodes.Add(new Node("Add", ["h16", "x16b"], ["b"], "b"));
+        g.Outputs.Add(new ValueInfo("a", TensorType.Of(DataType.Float, 2)));
+        g.Outputs.Add(new ValueInfo("b", TensorType.Of(DataType.Float16, 2)));
+        ShapeInference.Infer(m);
+        CastCleanup.Run(g);
+        log.WriteLine(string.Join("\n", g.Nodes));
+        Assert.Equal(["x", "xr"], g.Nodes.Single(n => n.Name == "a").Inputs);
+        Assert.Equal(["h", "x16"], g.Nodes.Single(n => n.Name == "b").Inputs);
+        Assert.Equal(2, g.Nodes.Count(n => n.OpType == "Cast"));
+    }
+
+    [Fact]
+    public void ConvertPassStoresWeightsIn16BitAndKeepsTheInterfaceFp32()
+    {
+        var m = TinyModels.ConvNet(1);
+        ConvertPass.Run(m, DataType.BFloat16);
+        Assert.All(m.Graph.Initializers.Values.Where(t => t.Type.IsFloat()), t => Assert.Equal(DataType.BFloat16, t.Type));
+        Assert.Equal(DataType.Float, m.Graph.Inputs[0].Type.ElemType);
+        Assert.Equal(DataType.Float, TypeOf(m, "logits"));
+        Assert.Equal(DataType.BFloat16, ComputeType(m, NodeNamed(m, "fc2")));
+    }
+
+    [Fact]
+    public void KernelFallbackLeavesNo16BitNodeWithoutACpuKernel()
+    {
+        var probe = KernelProbe.For(DeviceSpec.Cpu);
+        foreach (var t in new[] { DataType.Float16, DataType.BFloat16 })
+        {
+            var m = TinyModels.ConvNet(1);
+            ConvertPass.Run(m, t);
+            var r = KernelFallback.Apply(m, probe);
+            log.WriteLine($"{t.OnnxName()}: wrapped {string.Join(", ", r.WrappedByOp.Select(kv => $"{kv.Key} x{kv.Value}"))}");
+            AssertAllKernelsExist(m, probe);
+            using var runner = new OrtRunner(m);
+            var (x, _) = TinyModels.Bars(4, 1);
+            var y = runner.Run(new Dictionary<string, HostTensor> { ["input"] = HostTensor.F32(x.Select(v => (double)v).ToArray(), 4, 1, 8, 8) });
+            Assert.Equal(16, y["logits"].Values.Length);
+        }
+    }
+
+    /// <summary>Every node with a 16-bit input or output has that kernel on the provider.</summary>
+    internal static void AssertAllKernelsExist(Model m, IKernelAvailability kernels)
+    {
+        ShapeInference.Infer(m);
+        foreach (var n in m.Graph.Nodes)
+        {
+            if (n.OpType == "Cast" || n.Domain != "") continue;
+            var q = KernelQuery.Of(n, m.Graph, m.OpsetOf(""));
+            Assert.True(q.HalfType == null || kernels.Has(q), $"{n} computes in {q.HalfType} without a kernel on {kernels.Provider}");
+        }
+    }
+
+    internal static void AssertNoRedundantCasts(Model m)
+    {
+        var producers = m.Graph.Producers();
+        foreach (var n in m.Graph.Nodes.Where(n => n.OpType == "Cast"))
+        {
+            var to = (DataType)n.GetInt("to", 0);
+            Assert.NotEqual(to, TypeOf(m, n.Inputs[0]));
+            if (producers.TryGetValue(n.Inputs[0], out var p) && p.OpType == "Cast")
+                Assert.False(TypeOf(m, p.Inputs[0]) == to && CastCleanup.Lossless(to, TypeOf(m, n.Inputs[0])), $"redundant pair {p} -> {n}");
+        }
+    }
+
+    /// <summary>x -> MatMul(w1) + b1 -> Relu -> MatMul(w2) -> Softmax; mix = Add(softmax, MatMul(x, w1)); y = mix.</summary>
+    static Model Mlp()
+    {
+        var m = new Model();
+        var g = m.Graph;
+        var rng = new Random(3);
+        float[] R(int n) => Enumerable.Range(0, n).Select(_ => (float)(rng.NextDouble() - 0.5)).ToArray();
+        g.Initializers["w1"] = Tensor.Float("w1", R(12), 4, 3);
+        g.Initializers["b1"] = Tensor.Float("b1", R(3), 3);
+        g.Initializers["w2"] = Tensor.Float("w2", R(9), 3, 3);
+        g.Inputs.Add(new ValueInfo("x", new TensorType(DataType.Float, [new Dim("N"), 4])));
+        g.Nodes.Add(new Node("MatMul", ["x", "w1"], ["h"], "fc1"));
+        g.Nodes.Add(new Node("Add", ["h", "b1"], ["hb"], "bias1"));
+        g.Nodes.Add(new Node("Relu", ["hb"], ["r"], "relu"));
+        g.Nodes.Add(new Node("MatMul", ["r", "w2"], ["z"], "fc2"));
+        g.Nodes.Add(new Node("Softmax", ["z"], ["s"], "softmax").Set(Attribute.Of("axis", -1L)));
+        g.Nodes.Add(new Node("MatMul", ["x", "w1"], ["h2"], "fc1_again"));
+        g.Nodes.Add(new Node("Add", ["s", "h2"], ["y"], "mix"));
+        g.Outputs.Add(new ValueInfo("y", new TensorType(DataType.Float, [new Dim("N"), 3])));
+        return m;
+    }
+}

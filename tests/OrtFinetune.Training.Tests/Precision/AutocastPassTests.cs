@@ -128,7 +128,7 @@ public class AutocastPassTests(ITestOutputHelper log)
         {
             if (n.OpType == "Cast" || n.Domain != "") continue;
             var q = KernelQuery.Of(n, m.Graph, m.OpsetOf(""));
-            Assert.True(q.HalfType == null || kernels.Has(q), $"{n} computes in {q.HalfType} without a kernel on {kernels.Provider}");
+            Assert.True(q.ProbedType == null || kernels.Has(q), $"{n} computes in {q.ProbedType} without a kernel on {kernels.Provider}");
         }
     }
 

@@ -18,6 +18,12 @@ public sealed class TrainSettings
     public string Dataset { get; set; } = "shapes";
     public string? DataDir { get; set; }
     public string Precision { get; set; } = "auto";
+    /// <summary>Dynamic loss scaling: empty = the policy's default (on for 16-mixed), true/false to force.</summary>
+    public bool? LossScaling { get; set; }
+    /// <summary>Update rounding of 16-bit parameters: nearest or kahan (true policies).</summary>
+    public string Rounding { get; set; } = "nearest";
+    /// <summary>Also export a float16 inference model (model.fp16.onnx).</summary>
+    public bool ExportFp16 { get; set; }
     public int Epochs { get; set; } = 3;
     public int BatchSize { get; set; } = 64;
     public double Lr { get; set; } = 1e-3;
@@ -112,6 +118,7 @@ public sealed class TrainSettings
         Check(Threads >= 0, "Train:Threads (--threads)", Threads, "must be >= 0");
         Check(LogEvery >= 1, "Train:LogEvery (--log-every)", LogEvery, "must be at least 1");
         Check(CheckpointEvery >= 0, "Train:CheckpointEvery (--checkpoint-every)", CheckpointEvery, "must be >= 0");
+        Check(Rounding is "nearest" or "kahan", "Train:Rounding (--rounding)", Rounding, "must be nearest or kahan");
         Check(BadSamples is "stop" or "skip", "Train:BadSamples (--bad-samples)", BadSamples, "must be stop or skip");
         if (DataDir != null) Check(Directory.Exists(DataDir), "Train:DataDir (--data-dir)", DataDir, "folder does not exist");
         if (Resume != null) Check(File.Exists(Resume), "Train:Resume (--resume)", Resume, "checkpoint file does not exist");

@@ -10,6 +10,7 @@ using OrtFinetune.Onnx;
 using OrtFinetune.Training.Compiler;
 using OrtFinetune.Training.Compiler.Losses;
 using OrtFinetune.Training.Compiler.Optimizers;
+using OrtFinetune.Training.Compiler.Precision;
 using OrtFinetune.Training.Runtime;
 
 namespace OrtFinetune.Host.Training;
@@ -38,7 +39,9 @@ public sealed class TrainRun(TrainSettings s, PluginCatalog catalog, ILogger log
             throw new UsageException($"dataset '{s.Dataset}' is not provided by any loaded plugin (available: {string.Join(", ", catalog.Datasets.Keys.Order())})");
         if (!catalog.Models.TryGetValue(s.Model, out var mp))
             throw new UsageException($"model '{s.Model}' is not provided by any loaded plugin (available: {string.Join(", ", catalog.Models.Keys.Order())})");
-        var precision = ResolvePrecision(device);
+        var policy = ResolvePrecision(device);
+        var precision = policy.Name;
+        var kernels = KernelProbe.For(device);
 
         log.LogInformation("opening dataset {Dataset} ({Plugin})", s.Dataset, ds.Plugin);
         var splits = ds.Provider.Open(new DatasetRequest
@@ -61,11 +64,18 @@ public sealed class TrainRun(TrainSettings s, PluginCatalog catalog, ILogger log
         {
             GradientAccumulation = true, Trainable = s.Trainable, Freeze = s.Freeze,
             Loss = new LossOptions { LabelSmoothing = s.LabelSmoothing },
+            Precision = policy, Kernels = kernels,
         });
         var optimizer = OptimizerBuilder.Build(compiled.Parameters, new OptimizerOptions
         {
             Type = s.Optimizer, WeightDecay = s.WeightDecay, Momentum = s.Optimizer == "sgd" ? s.Momentum : 0, MaxGradNorm = s.MaxGradNorm,
-        }, compiled.TrainingModel.OpsetOf(""));
+            Rounding = policy.Rounding,
+        }, compiled.TrainingModel.OpsetOf(""), kernels);
+        var report = DtypeReport.Of(compiled.TrainingModel);
+        log.LogInformation("precision {Precision}: parameters in {Storage}, compute in {Compute}{Scaler}", policy.Name, policy.StorageType.OnnxName(), policy.ComputeType.OnnxName(),
+            policy.LossScaling != null ? $", dynamic loss scaling from {policy.LossScaling.InitScale}" : "");
+        log.LogDebug("dtypes of the training graph per op type:\n{Report}", report);
+        var scaler = policy.LossScaling != null ? new LossScaler(policy.LossScaling) : null;
         long paramCount = compiled.Parameters.Sum(p => p.ElementCount);
         log.LogInformation("compiled in {Ms:F0} ms: {Count:N0} trainable parameters in {Tensors} tensors, {Nodes} training nodes",
             compiled.CompileTime.TotalMilliseconds, paramCount, compiled.Parameters.Count, compiled.TrainingModel.Graph.Nodes.Count);
@@ -76,6 +86,7 @@ public sealed class TrainRun(TrainSettings s, PluginCatalog catalog, ILogger log
         var runDir = s.Output ?? (s.Resume != null ? Path.GetDirectoryName(Path.GetDirectoryName(Path.GetFullPath(s.Resume)))! : Path.Combine("runs", DateTime.Now.ToString("yyyyMMdd-HHmmss", CultureInfo.InvariantCulture)));
         using var run = new RunFolder(runDir, append: s.Resume != null);
         run.WriteJson("settings.json", s);
+        File.WriteAllText(Path.Combine(run.Path, "precision_report.txt"), $"policy {policy.Name} on {device}\n\n{report}\n\nkernel probes:\n{kernels.Describe()}\n");
 
         var train = batches(splits.Train, model, true, s);
         var val = batches(splits.Validation, model, false, s);
@@ -90,16 +101,22 @@ public sealed class TrainRun(TrainSettings s, PluginCatalog catalog, ILogger log
             var extra = trainer.LoadCheckpoint(s.Resume);
             startEpoch = int.Parse(extra.GetValueOrDefault("epoch", "0"), CultureInfo.InvariantCulture);
             startBatch = int.Parse(extra.GetValueOrDefault("batch", "0"), CultureInfo.InvariantCulture);
+            scaler?.Load(extra);
             if (extra.GetValueOrDefault("seed") is { } seed && seed != s.Seed.ToString(CultureInfo.InvariantCulture))
                 log.LogWarning("the checkpoint was trained with seed {Old}; continuing with seed {New} changes the data order", seed, s.Seed);
             log.LogInformation("resumed from {Checkpoint}: step {Step}, epoch {Epoch}, batch {Batch}", s.Resume, trainer.Step, startEpoch + 1, startBatch);
         }
 
-        Dictionary<string, string> State(int epoch, int batch) => new()
+        Dictionary<string, string> State(int epoch, int batch)
         {
-            ["epoch"] = epoch.ToString(CultureInfo.InvariantCulture), ["batch"] = batch.ToString(CultureInfo.InvariantCulture),
-            ["seed"] = s.Seed.ToString(CultureInfo.InvariantCulture), ["schedule"] = schedule.Describe(),
-        };
+            var d = new Dictionary<string, string>
+            {
+                ["epoch"] = epoch.ToString(CultureInfo.InvariantCulture), ["batch"] = batch.ToString(CultureInfo.InvariantCulture),
+                ["seed"] = s.Seed.ToString(CultureInfo.InvariantCulture), ["schedule"] = schedule.Describe(), ["precision"] = policy.Name,
+            };
+            if (scaler != null) foreach (var (k, v) in scaler.State()) d[k] = v;
+            return d;
+        }
 
         var trainClock = Stopwatch.StartNew();
         long samples = 0;
@@ -118,17 +135,23 @@ public sealed class TrainRun(TrainSettings s, PluginCatalog catalog, ILogger log
                 {
                     using var xv = OrtValue.CreateTensorValueFromMemory(x, [n, model.Channels, model.ImageSize, model.ImageSize]);
                     using var yv = OrtValue.CreateTensorValueFromMemory(y, [n]);
+                    if (scaler != null) trainer.LossScale = scaler.Scale;
                     var r = trainer.TrainStep([xv], yv);
                     batchIndex++; micro++;
                     samples += n; seen += n; lossSum += r.Loss * n; correct += Math.Max(0, r.Top1Correct);
-                    if (!float.IsFinite(r.Loss))
+                    if (!float.IsFinite(r.Loss) && scaler == null)
                         throw new NumericalException($"the loss became {r.Loss} at step {trainer.Step + 1} (epoch {epoch + 1}); the last good checkpoint is {(File.Exists(run.LastCheckpoint) ? run.LastCheckpoint : "none")}. Lower the learning rate or use gradient clipping.");
                     if (micro < s.GradientAccumulation) continue;
                     micro = 0;
                     trainer.SetLearningRate((float)schedule.At(trainer.Step));
-                    var o = trainer.OptimizerStep();
+                    var o = trainer.OptimizerStep(scaler?.Scale ?? 1f);
                     trainer.LazyResetGrad();
-                    if (!o.AllFinite)
+                    if (scaler != null)
+                    {
+                        scaler.Update(o.AllFinite);   // skipped step: scale backs off; a collapsing scale throws
+                        if (!o.AllFinite) { log.LogDebug("step skipped: non-finite gradients at loss scale {Scale}", scaler.Scale * 2); continue; }
+                    }
+                    else if (!o.AllFinite)
                         throw new NumericalException($"a gradient became infinite or NaN at step {trainer.Step + 1} (epoch {epoch + 1}); the update was skipped and training stopped. The last good checkpoint is {(File.Exists(run.LastCheckpoint) ? run.LastCheckpoint : "none")}.");
                     lastLoss = r.Loss;
                     epochAt = epoch; batchAt = batchIndex;
@@ -164,6 +187,7 @@ public sealed class TrainRun(TrainSettings s, PluginCatalog catalog, ILogger log
         double trainSeconds = trainClock.Elapsed.TotalSeconds;
         var t = Evaluate(trainer, test, model, CancellationToken.None);
         trainer.ExportModelForInferencing(run.ExportedModel);
+        if (s.ExportFp16) OrtFinetune.Training.Compiler.Precision.HalfExport.ConvertFile(run.ExportedModel, Path.ChangeExtension(run.ExportedModel, ".fp16.onnx"));
         var summary = new JsonObject
         {
             ["model"] = s.Model, ["dataset"] = s.Dataset, ["precision"] = precision, ["device"] = device.ToString(),
@@ -172,7 +196,7 @@ public sealed class TrainRun(TrainSettings s, PluginCatalog catalog, ILogger log
             ["peak_memory_mb"] = Process.GetCurrentProcess().PeakWorkingSet64 / (1 << 20),
             ["persistent_state_mb"] = trainer.PersistentBytes / (1 << 20),
             ["test_accuracy"] = Math.Round(t.Top1, 5), ["test_top5"] = Math.Round(t.Top5, 5), ["test_loss"] = Math.Round(t.Loss, 5),
-            ["final_loss"] = lastLoss, ["loader_wait_seconds"] = Math.Round(train.WaitSeconds, 2),
+            ["final_loss"] = lastLoss, ["skipped_steps"] = scaler?.SkippedSteps ?? 0, ["loss_scale"] = scaler?.Scale, ["loader_wait_seconds"] = Math.Round(train.WaitSeconds, 2),
             ["checkpoint"] = run.LastCheckpoint, ["exported_model"] = run.ExportedModel,
         };
         run.WriteJson("summary.json", summary);
@@ -183,12 +207,21 @@ public sealed class TrainRun(TrainSettings s, PluginCatalog catalog, ILogger log
         return ExitCodes.Ok;
     }
 
-    string ResolvePrecision(DeviceSpec device)
+    IPrecisionPolicy ResolvePrecision(DeviceSpec device)
     {
-        var p = s.Precision.ToLowerInvariant();
-        if (p == "auto") return device.IsCuda ? "16-mixed" : "32-true";
-        if (p is "32" or "32-true") return "32-true";
-        throw new UsageException($"precision '{s.Precision}' is not available in this build (available: auto, 32-true)");
+        var policies = catalog.Services<IPrecisionPolicy>().Select(x => x.Service).ToList();
+        if (policies.Count == 0) throw new UsageException("no precision policies are loaded (the precision plugin is missing from the plugins folder)");
+        try
+        {
+            // CUDA: bf16 is assumed available (Ampere and newer, e.g. A100/H100/H200); choose 16-mixed explicitly on older cards.
+            var policy = PrecisionNames.Resolve(policies, s.Precision, device.IsCuda, cudaBf16: device.IsCuda);
+            return policy.WithOptions(new PrecisionOptions
+            {
+                LossScaling = s.LossScaling,
+                Rounding = s.Rounding == "kahan" ? UpdateRounding.Kahan : UpdateRounding.Nearest,
+            });
+        }
+        catch (PrecisionException e) { throw new UsageException($"Train:Precision (--precision) = '{s.Precision}': {e.Message}"); }
     }
 
     static (double Loss, double Top1, double Top5) Evaluate(Trainer trainer, IBatchSource source, ModelDefinition model, CancellationToken ct)

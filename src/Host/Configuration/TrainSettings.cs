@@ -44,6 +44,10 @@ public sealed class TrainSettings
     /// <summary>Samples per split (0 = all), for quick runs.</summary>
     public int Limit { get; set; }
     public int Workers { get; set; } = 2;
+    /// <summary>Training augmentation: auto (random resized crop + flip for images of 128 px and more, padded crop + flip below), flip, crop, none.</summary>
+    public string Augment { get; set; } = "auto";
+    /// <summary>ORT's CPU memory arena: faster steps, higher peak memory (see docs/benchmarks.md).</summary>
+    public bool CpuArena { get; set; } = true;
     public int Threads { get; set; }
     public int LogEvery { get; set; } = 10;
     /// <summary>Checkpoint every N optimizer steps (0 = at the end of each epoch only).</summary>
@@ -118,6 +122,7 @@ public sealed class TrainSettings
         Check(Threads >= 0, "Train:Threads (--threads)", Threads, "must be >= 0");
         Check(LogEvery >= 1, "Train:LogEvery (--log-every)", LogEvery, "must be at least 1");
         Check(CheckpointEvery >= 0, "Train:CheckpointEvery (--checkpoint-every)", CheckpointEvery, "must be >= 0");
+        Check(Augment is "auto" or "flip" or "crop" or "none", "Train:Augment (--augment)", Augment, "must be auto, flip, crop or none");
         Check(Rounding is "nearest" or "kahan", "Train:Rounding (--rounding)", Rounding, "must be nearest or kahan");
         Check(BadSamples is "stop" or "skip", "Train:BadSamples (--bad-samples)", BadSamples, "must be stop or skip");
         if (DataDir != null) Check(Directory.Exists(DataDir), "Train:DataDir (--data-dir)", DataDir, "folder does not exist");

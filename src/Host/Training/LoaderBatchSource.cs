@@ -14,9 +14,14 @@ public sealed class LoaderBatchSource : IBatchSource
         int size = model.ImageSize;
         var eval = new TransformOptions { Size = size, ResizeShorter = size, Channels = model.Channels, Mean = model.Mean, Std = model.Std };
         // Small images (CIFAR, MNIST, shapes): pad-and-crop plus flips; large ones: ImageNet-style random resized crops.
-        var train = size >= 128
-            ? eval with { RandomResizedCrop = true, HorizontalFlip = 0.5 }
-            : eval with { RandomCropPadding = Math.Max(1, size / 8), HorizontalFlip = 0.5 };
+        var crop = size >= 128 ? eval with { RandomResizedCrop = true } : eval with { RandomCropPadding = Math.Max(1, size / 8) };
+        var train = s.Augment switch
+        {
+            "none" => eval,
+            "flip" => eval with { HorizontalFlip = 0.5 },
+            "crop" => crop,
+            _ => crop with { HorizontalFlip = 0.5 },
+        };
         _loader = new DataLoader(ds, new TransformPipeline(training ? train : eval), new DataLoaderOptions
         {
             BatchSize = s.BatchSize, Shuffle = training, DropLast = training, Seed = s.Seed, Workers = s.Workers,

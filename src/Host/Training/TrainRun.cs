@@ -81,7 +81,7 @@ public sealed class TrainRun(TrainSettings s, PluginCatalog catalog, ILogger log
             compiled.CompileTime.TotalMilliseconds, paramCount, compiled.Parameters.Count, compiled.TrainingModel.Graph.Nodes.Count);
 
         using var trainer = new Trainer(compiled.TrainingModel, compiled.EvalModel, optimizer, compiled.Parameters, compiled.Buffers,
-            new TrainerOptions { Device = device, IntraOpThreads = s.Threads });
+            new TrainerOptions { Device = device, IntraOpThreads = s.Threads, CpuMemArena = s.CpuArena });
 
         var runDir = s.Output ?? (s.Resume != null ? Path.GetDirectoryName(Path.GetDirectoryName(Path.GetFullPath(s.Resume)))! : Path.Combine("runs", DateTime.Now.ToString("yyyyMMdd-HHmmss", CultureInfo.InvariantCulture)));
         using var run = new RunFolder(runDir, append: s.Resume != null);

@@ -24,15 +24,15 @@ public sealed class TrainSettings
     public string Rounding { get; set; } = "nearest";
     /// <summary>Also export a float16 inference model (model.fp16.onnx).</summary>
     public bool ExportFp16 { get; set; }
-    public int Epochs { get; set; } = 3;
+    public int Epochs { get; set; } = 10;
     public int BatchSize { get; set; } = 64;
-    public double Lr { get; set; } = 1e-3;
+    public double Lr { get; set; } = 3e-3;
     public string Optimizer { get; set; } = "adamw";
     public double WeightDecay { get; set; } = 0.05;
     public double Momentum { get; set; } = 0.9;
     public double? MaxGradNorm { get; set; } = 1.0;
     public string Schedule { get; set; } = "cosine";
-    public int WarmupSteps { get; set; }
+    public int WarmupSteps { get; set; } = 50;
     public double LabelSmoothing { get; set; }
     public int GradientAccumulation { get; set; } = 1;
     public string Device { get; set; } = "cpu";
@@ -44,7 +44,7 @@ public sealed class TrainSettings
     /// <summary>Samples per split (0 = all), for quick runs.</summary>
     public int Limit { get; set; }
     public int Workers { get; set; } = 2;
-    /// <summary>Training augmentation: auto (random resized crop + flip for images of 128 px and more, padded crop + flip below), flip, crop, none.</summary>
+    /// <summary>Training augmentation: auto (random resized crop + flip for images of 128 px and more, flip below), flip, crop, none.</summary>
     public string Augment { get; set; } = "auto";
     /// <summary>ORT's CPU memory arena: faster steps, higher peak memory (see docs/benchmarks.md).</summary>
     public bool CpuArena { get; set; } = true;

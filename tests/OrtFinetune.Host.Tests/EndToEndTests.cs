@@ -126,7 +126,7 @@ public class EndToEndTests(ITestOutputHelper log) : IDisposable
         var clock = Stopwatch.StartNew();
         while (!(File.Exists(metrics) && File.ReadLines(metrics).Count() >= 3))
         {
-            Assert.False(p.HasExited, "training ended before it could be interrupted: " + stderr.Result);
+            if (p.HasExited) Assert.Fail("training ended before it could be interrupted: " + stderr.Result);
             Assert.True(clock.Elapsed < TimeSpan.FromMinutes(2), "no metrics after 2 minutes");
             Thread.Sleep(200);
         }

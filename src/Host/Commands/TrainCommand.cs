@@ -16,23 +16,66 @@ namespace OrtFinetune.Host.Commands;
 /// <summary><c>ortfinetune train</c>: a full run (see <see cref="TrainRun"/>), inside the generic host.</summary>
 public static class TrainCommand
 {
-    public static Command Create(Option<string[]> pluginDirs)
+    public static Command Create(Option<string[]> pluginDirs) => Make("train",
+        "Train a model on a dataset (CPU by default) and write a run folder with metrics, checkpoints, the exported model and a summary.", pluginDirs, null);
+
+    public static Command CreateEval(Option<string[]> pluginDirs) => Make("eval",
+        "Evaluate a checkpoint on the test and validation splits (--run <run folder> or --resume <checkpoint> plus the run's settings).", pluginDirs, "eval");
+
+    public static Command CreateExport(Option<string[]> pluginDirs) => Make("export",
+        "Export a checkpoint as a plain ONNX inference model (--to FILE; --export-fp16 adds a float16 copy).", pluginDirs, "export");
+
+    static Command Make(string name, string description, Option<string[]> pluginDirs, string? mode)
     {
         var settings = HostSetup.SettingOptions();
-        var verbose = new Option<bool>("--verbose") { Description = "Debug logging" };
-        var cmd = new Command("train", "Train a model on a dataset (CPU by default) and write a run folder with metrics, checkpoints, the exported model and a summary.");
+        var verbose = new Option<bool>("--verbose") { Description = "Debug logging, and the per-op dtype report" };
+        var runDir = new Option<string?>("--run") { Description = "A run folder: its settings.json and checkpoints/last.ckpt are used (command-line options still win)" };
+        var to = new Option<string?>("--to") { Description = "Where to write the exported model" };
+        var cmd = new Command(name, description);
         foreach (var (o, _) in settings) cmd.Options.Add(o);
         cmd.Options.Add(verbose);
+        if (mode != null) cmd.Options.Add(runDir);
+        if (mode == "export") cmd.Options.Add(to);
         cmd.SetAction(r =>
         {
             var config = HostSetup.CommandLineConfig(r, settings);
             foreach (var (k, v) in PluginsCommand.PluginDirConfig(r, pluginDirs)) config[k] = v;
-            return Execute(config, r.GetValue(verbose));
+            var run = mode != null ? r.GetValue(runDir) : null;
+            if (run != null)
+            {
+                var file = Path.Combine(run, "settings.json");
+                if (!File.Exists(file)) { Console.Error.WriteLine($"error: --run {run}: no settings.json in that folder"); return ExitCodes.Usage; }
+                var fromRun = RunSettings(file);
+                foreach (var (k, v) in fromRun) config.TryAdd(k, v);
+                config.TryAdd("Train:Resume", Path.Combine(run, "checkpoints", "last.ckpt"));
+                config.Remove("Train:Output");
+            }
+            var exportTo = mode == "export" ? r.GetValue(to) ?? (run != null ? Path.Combine(run, "model.onnx") : null) : null;
+            if (mode == "export" && exportTo == null) { Console.Error.WriteLine("error: export needs --to FILE (or --run DIR)"); return ExitCodes.Usage; }
+            return Execute(config, r.GetValue(verbose), evaluateOnly: mode == "eval", exportTo: exportTo);
         });
         return cmd;
     }
 
-    public static int Execute(Dictionary<string, string?> commandLine, bool verbose)
+    /// <summary>A run's settings.json as configuration keys (Train:Name = value).</summary>
+    static Dictionary<string, string?> RunSettings(string file)
+    {
+        var d = new Dictionary<string, string?>();
+        using var doc = System.Text.Json.JsonDocument.Parse(File.ReadAllText(file));
+        foreach (var p in doc.RootElement.EnumerateObject())
+        {
+            if (p.Name is "Output" or "Resume" || p.Value.ValueKind == System.Text.Json.JsonValueKind.Null) continue;
+            if (p.Value.ValueKind == System.Text.Json.JsonValueKind.Array)
+            {
+                int i = 0;
+                foreach (var e in p.Value.EnumerateArray()) d[$"Train:{p.Name}:{i++}"] = e.ToString();
+            }
+            else d[$"Train:{p.Name}"] = p.Value.ToString();
+        }
+        return d;
+    }
+
+    public static int Execute(Dictionary<string, string?> commandLine, bool verbose, bool evaluateOnly = false, string? exportTo = null)
     {
         var builder = HostSetup.CreateBuilder(commandLine, verbose);
         using var host = builder.Build();
@@ -50,7 +93,10 @@ public static class TrainCommand
         try
         {
             var catalog = host.Services.GetRequiredService<PluginCatalog>();
-            var run = new TrainRun(s, catalog, log, (ds, model, training, settings) => new LoaderBatchSource(ds, model, training, settings));
+            var run = new TrainRun(s, catalog, log, (ds, model, training, settings) => new LoaderBatchSource(ds, model, training, settings))
+            {
+                EvaluateOnly = evaluateOnly, ExportTo = exportTo,
+            };
             return run.Run(lifetime.ApplicationStopping);
         }
         catch (Exception e) when (Classify(e) is int code)
@@ -72,6 +118,7 @@ public static class TrainCommand
         DatasetException or ModelException or OnnxFormatException or CheckpointException or IOException or UnauthorizedAccessException => ExitCodes.BadInput,
         CompileException => ExitCodes.Compile,
         NumericalException or TrainingException => ExitCodes.TrainingFailed,
+        Abstractions.PrecisionException => ExitCodes.Usage,
         AggregateException a when a.InnerExceptions.Count == 1 => Classify(a.InnerExceptions[0]),
         _ => null,
     };

@@ -31,6 +31,11 @@ public interface IBatchSource
 /// </summary>
 public sealed class TrainRun(TrainSettings s, PluginCatalog catalog, ILogger log, Func<IImageDataset, ModelDefinition, bool, TrainSettings, IBatchSource> batches)
 {
+    /// <summary>Evaluate a checkpoint on the test split instead of training (the eval verb).</summary>
+    public bool EvaluateOnly { get; init; }
+    /// <summary>Export a checkpoint as an inference model to this path instead of training (the export verb).</summary>
+    public string? ExportTo { get; init; }
+
     public int Run(CancellationToken ct)
     {
         var total = Stopwatch.StartNew();
@@ -82,6 +87,31 @@ public sealed class TrainRun(TrainSettings s, PluginCatalog catalog, ILogger log
 
         using var trainer = new Trainer(compiled.TrainingModel, compiled.EvalModel, optimizer, compiled.Parameters, compiled.Buffers,
             new TrainerOptions { Device = device, IntraOpThreads = s.Threads, CpuMemArena = s.CpuArena });
+
+        if (EvaluateOnly || ExportTo != null)
+        {
+            if (s.Resume == null) throw new UsageException("this command needs a checkpoint: --resume <file> or --run <run folder>");
+            trainer.LoadCheckpoint(s.Resume);
+            log.LogInformation("loaded {Checkpoint} (step {Step})", s.Resume, trainer.Step);
+            if (ExportTo != null)
+            {
+                trainer.ExportModelForInferencing(ExportTo);
+                if (s.ExportFp16) HalfExport.ConvertFile(ExportTo, Path.ChangeExtension(ExportTo, ".fp16.onnx"));
+                Console.WriteLine($"exported {ExportTo}{(s.ExportFp16 ? " and " + Path.ChangeExtension(ExportTo, ".fp16.onnx") : "")}");
+                return ExitCodes.Ok;
+            }
+            var te = Evaluate(trainer, batches(splits.Test, model, false, s), model, ct);
+            var ve = Evaluate(trainer, batches(splits.Validation, model, false, s), model, ct);
+            Console.WriteLine($"test accuracy {te.Top1:P2} (top-5 {te.Top5:P2}), test loss {te.Loss:F4}; validation accuracy {ve.Top1:P2}, loss {ve.Loss:F4}");
+            var result = new JsonObject
+            {
+                ["checkpoint"] = Path.GetFullPath(s.Resume), ["step"] = trainer.Step, ["precision"] = precision,
+                ["test_accuracy"] = te.Top1, ["test_top5"] = te.Top5, ["test_loss"] = te.Loss,
+                ["val_accuracy"] = ve.Top1, ["val_top5"] = ve.Top5, ["val_loss"] = ve.Loss,
+            };
+            if (s.Output != null) { Directory.CreateDirectory(s.Output); File.WriteAllText(Path.Combine(s.Output, "eval.json"), result.ToJsonString(new System.Text.Json.JsonSerializerOptions { WriteIndented = true })); }
+            return ExitCodes.Ok;
+        }
 
         var runDir = s.Output ?? (s.Resume != null ? Path.GetDirectoryName(Path.GetDirectoryName(Path.GetFullPath(s.Resume)))! : Path.Combine("runs", DateTime.Now.ToString("yyyyMMdd-HHmmss", CultureInfo.InvariantCulture)));
         using var run = new RunFolder(runDir, append: s.Resume != null);

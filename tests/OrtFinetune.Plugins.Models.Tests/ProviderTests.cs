@@ -2,6 +2,7 @@ using Microsoft.Extensions.DependencyInjection;
 using OrtFinetune.Abstractions;
 using OrtFinetune.Onnx;
 using OrtFinetune.Plugins.Models.Tests.Support;
+using OrtFinetune.Training.Tests.Support;
 using OrtFinetune.Training.Compiler;
 using Xunit.Abstractions;
 

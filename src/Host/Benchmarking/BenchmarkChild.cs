@@ -40,9 +40,12 @@ public static class BenchmarkChild
         r.Parameters = compiled.Parameters.Sum(p => p.ElementCount);
         var flops = FlopCounter.Count(compiled.TrainingModel, s.BatchSize);
         r.FlopsPerStep = flops.Total;
+        r.TrainingNodes = compiled.TrainingModel.Graph.Nodes.Count;
+        r.MatMulNodes = flops.Counted;
+        r.MatMulNodes16Bit = flops.LowPrecision;
         if (flops.Skipped.Count > 0) log.LogWarning("FLOP count: {Count} nodes without static shapes not counted (first: {First})", flops.Skipped.Count, flops.Skipped[0]);
-        log.LogInformation("{Policy}: {Model} compiled ({Params:N0} parameters, {Nodes} training nodes), {Gflop:F2} GFLOP per step in {Counted} MatMul/Gemm/Conv nodes",
-            s.Precision, s.Model, r.Parameters, compiled.TrainingModel.Graph.Nodes.Count, flops.Total / 1e9, flops.Counted);
+        log.LogInformation("{Policy}: {Model} compiled ({Params:N0} parameters, {Nodes} training nodes), {Gflop:F2} GFLOP per step in {Counted} MatMul/Gemm/Conv nodes ({Low} in 16-bit)",
+            s.Precision, s.Model, r.Parameters, compiled.TrainingModel.Graph.Nodes.Count, flops.Total / 1e9, flops.Counted, flops.LowPrecision);
 
         var model = setup.Model;
         long[] dims = [s.BatchSize, model.Channels, model.ImageSize, model.ImageSize];

@@ -115,10 +115,12 @@ public static class BenchmarkReport
                 FormattableString.Invariant($" GFLOP/s: {r0.FlopsPerStep / 1e9:F2} GFLOP per step (2 x multiply-adds of the training graph's MatMul/Gemm/Conv nodes at batch {s.BatchSize}, shapes inferred) over the median step time; ") +
                 (c.PeakGflops is double p ? FormattableString.Invariant($"MatMul peak {p:F1} GFLOP/s measured here (one fp32 MatMul [2048x1024]x[1024x4096] on ORT, best run).") : "MatMul peak not measured."));
             sb.AppendLine();
-            sb.AppendLine("| policy | parameters | persistent state (MiB) | warm-up steps (s) | timed steps (s) | losses | skipped steps |");
-            sb.AppendLine("|---|---|---|---|---|---|---|");
+            sb.AppendLine("| policy | parameters | persistent state (MiB) | training nodes | 16-bit MatMul/Gemm/Conv | warm-up steps (s) | timed steps (s) | losses | skipped steps |");
+            sb.AppendLine("|---|---|---|---|---|---|---|---|---|");
             foreach (var r in ok)
-                sb.AppendLine(FormattableString.Invariant($"| {r.Precision} | {r.Parameters:N0} | {MiB(r.PersistentStateBytes)} | {string.Join(", ", r.WarmupSeconds.Select(x => x.ToString("F2", Inv)))} | {string.Join(", ", r.StepSeconds.Select(x => x.ToString("F2", Inv)))} | {r.StepLosses.FirstOrDefault():F4} .. {r.StepLosses.LastOrDefault():F4} | {r.SkippedSteps} |"));
+                sb.AppendLine(FormattableString.Invariant($"| {r.Precision} | {r.Parameters:N0} | {MiB(r.PersistentStateBytes)} | {r.TrainingNodes:N0} | {r.MatMulNodes16Bit} of {r.MatMulNodes} | {string.Join(", ", r.WarmupSeconds.Select(x => x.ToString("F2", Inv)))} | {string.Join(", ", r.StepSeconds.Select(x => x.ToString("F2", Inv)))} | {r.StepLosses.FirstOrDefault():F4} .. {r.StepLosses.LastOrDefault():F4} | {r.SkippedSteps} |"));
+            if (ok.Any(r => r.Precision != "32-true" && r.MatMulNodes > 0 && r.MatMulNodes16Bit == 0))
+                sb.AppendLine().AppendLine("A 16-bit policy with 0 16-bit MatMul/Gemm/Conv nodes computes them in fp32: the compiler keeps an op in fp32 when the provider has no 16-bit kernel for it (the kernel probe; ORT's CPU provider lacks most float16/bfloat16 MatMul/Gemm kernels). A mixed policy is then the fp32 graph (same node count as 32-true, same figures up to noise); a true policy stores parameters, gradients and optimizer state in 16-bit and casts around each fp32 MatMul.");
             if (ok.Any(r => r.DeviceMemoryNote != null && r.PeakDeviceBytes == null) && c.Device != "cpu")
                 sb.AppendLine().AppendLine($"Device memory: {ok.First(r => r.DeviceMemoryNote != null).DeviceMemoryNote}.");
         }
@@ -154,7 +156,7 @@ public static class BenchmarkReport
 
     static string Subtitle(Context c) => $"{c.Spec.Model}, batch {c.Spec.BatchSize}, {c.Spec.Optimizer}, {c.Device}";
 
-    static Plot BarChart(string title, string yLabel, IReadOnlyList<string> names, IReadOnlyList<double> values, Func<double, string> label)
+    static Plot BarChart(string title, string yLabel, IReadOnlyList<string> names, IReadOnlyList<double> values, Func<double, string> label, double? yMax = null)
     {
         var plot = new Plot();
         var bars = new List<Bar>();
@@ -173,7 +175,7 @@ public static class BenchmarkReport
         plot.Title(title, 16);
         plot.YLabel(yLabel, 14);
         plot.XLabel("precision policy", 14);
-        plot.Axes.SetLimitsY(0, Math.Max(1e-9, values.DefaultIfEmpty(0).Max()) * 1.12);
+        plot.Axes.SetLimitsY(0, yMax ?? Math.Max(1e-9, values.DefaultIfEmpty(0).Max()) * 1.12);
         plot.HideGrid();
         plot.Grid.YAxisStyle.IsVisible = true;
         return plot;
@@ -211,7 +213,7 @@ public static class BenchmarkReport
         if (ok.Any(r => r.TestAccuracy != null))
         {
             var acc = BarChart($"Test accuracy per precision policy ({c.Spec.Dataset}, {c.Spec.Epochs} epochs, {Subtitle(c)})", "test accuracy (%)",
-                names, ok.Select(r => 100 * (r.TestAccuracy ?? 0)).ToList(), v => v.ToString("F2", Inv) + "%");
+                names, ok.Select(r => 100 * (r.TestAccuracy ?? 0)).ToList(), v => v.ToString("F2", Inv) + "%", yMax: 100);
             acc.SavePng(Path.Combine(dir, AccuracyChart), 900, 560);
             yield return AccuracyChart;
         }

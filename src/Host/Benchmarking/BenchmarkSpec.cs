@@ -68,6 +68,10 @@ public sealed record PolicyResult
     public string? DeviceMemoryNote { get; set; }
     /// <summary>Analytic FLOPs of one step (MatMul/Gemm/Conv/ConvTranspose of the training graph).</summary>
     public double FlopsPerStep { get; set; }
+    public int TrainingNodes { get; set; }
+    /// <summary>MatMul/Gemm/Conv/ConvTranspose nodes of the training graph, and how many of them run in 16-bit.</summary>
+    [JsonPropertyName("matmul_nodes")] public int MatMulNodes { get; set; }
+    [JsonPropertyName("matmul_nodes_16bit")] public int MatMulNodes16Bit { get; set; }
     public double AchievedGflops { get; set; }
     public double? PeakMatMulGflops { get; set; }
     public double? FractionOfPeak { get; set; }

@@ -10,7 +10,8 @@ namespace OrtFinetune.Host.Benchmarking;
 /// </summary>
 public static class FlopCounter
 {
-    public sealed record Result(double Total, IReadOnlyDictionary<string, double> ByOpType, int Counted, IReadOnlyList<string> Skipped);
+    /// <param name="LowPrecision">Counted nodes whose output is float16 or bfloat16 (run in 16-bit).</param>
+    public sealed record Result(double Total, IReadOnlyDictionary<string, double> ByOpType, int Counted, IReadOnlyList<string> Skipped, int LowPrecision = 0);
 
     /// <summary>Counts <paramref name="model"/> (a clone is inferred; the model is not changed) with every symbolic input dim set to <paramref name="batch"/>.</summary>
     public static Result Count(Model model, long batch)
@@ -29,7 +30,7 @@ public static class FlopCounter
 
         var by = new Dictionary<string, double>();
         var skipped = new List<string>();
-        int counted = 0;
+        int counted = 0, low = 0;
         foreach (var n in g.Nodes)
         {
             if (n.OpType is not ("MatMul" or "Gemm" or "Conv" or "ConvTranspose") || n.Domain != "") continue;
@@ -43,8 +44,9 @@ public static class FlopCounter
             if (f == null) { skipped.Add($"{n.OpType} {n.Name}"); continue; }
             by[n.OpType] = by.GetValueOrDefault(n.OpType) + f.Value;
             counted++;
+            if (g.TypeOf(n.Output(0))?.ElemType is DataType.Float16 or DataType.BFloat16) low++;
         }
-        return new Result(by.Values.Sum(), by, counted, skipped);
+        return new Result(by.Values.Sum(), by, counted, skipped, low);
     }
 
     static long[]? Dims(Graph g, string name)

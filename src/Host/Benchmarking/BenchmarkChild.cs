@@ -1,0 +1,164 @@
+using System.Diagnostics;
+using Microsoft.Extensions.Logging;
+using Microsoft.ML.OnnxRuntime;
+using OrtFinetune.Abstractions;
+using OrtFinetune.Host.Configuration;
+using OrtFinetune.Host.Plugins;
+using OrtFinetune.Host.Training;
+using OrtFinetune.Training.Runtime;
+
+namespace OrtFinetune.Host.Benchmarking;
+
+/// <summary>
+/// One precision policy, measured in its own process (the hidden <c>benchmark run-policy</c> verb) so that
+/// VmHWM is that policy's peak: setup through the plugins as <see cref="TrainRun"/> does, warm-up and
+/// timed full steps on a synthetic batch, optionally epochs on a real dataset, optionally a profile.
+/// </summary>
+public static class BenchmarkChild
+{
+    public static PolicyResult Run(BenchmarkSpec s, ILogger log, CancellationToken ct)
+    {
+        var r = new PolicyResult { Precision = s.Precision, Device = s.Device };
+        var device = DeviceSpec.Parse(s.Device);
+        var gpu = GpuMemory.TryOpen(device, out var why);
+        r.DeviceMemoryNote = why;
+        var setupClock = Stopwatch.StartNew();
+        var catalog = PluginCatalog.Load(s.PluginFolders, log);
+
+        DatasetSplits? splits = null;
+        int classes = s.Classes;
+        if (!s.Dataset.Equals("synthetic", StringComparison.OrdinalIgnoreCase))
+        {
+            if (!catalog.Datasets.TryGetValue(s.Dataset, out var ds))
+                throw new UsageException($"dataset '{s.Dataset}' is not provided by any loaded plugin (available: synthetic, {string.Join(", ", catalog.Datasets.Keys.Order())})");
+            splits = ds.Provider.Open(new DatasetRequest { DataDir = s.DataDir, Seed = s.Seed, Limit = s.Limit, Logger = log });
+            classes = splits.Train.ClassNames.Count;
+        }
+
+        var setup = RunSetup.Build(catalog, s, classes, device);
+        var compiled = setup.Artifacts;
+        r.Parameters = compiled.Parameters.Sum(p => p.ElementCount);
+        var flops = FlopCounter.Count(compiled.TrainingModel, s.BatchSize);
+        r.FlopsPerStep = flops.Total;
+        r.TrainingNodes = compiled.TrainingModel.Graph.Nodes.Count;
+        r.MatMulNodes = flops.Counted;
+        r.MatMulNodes16Bit = flops.LowPrecision;
+        if (flops.Skipped.Count > 0) log.LogWarning("FLOP count: {Count} nodes without static shapes not counted (first: {First})", flops.Skipped.Count, flops.Skipped[0]);
+        log.LogInformation("{Policy}: {Model} compiled ({Params:N0} parameters, {Nodes} training nodes), {Gflop:F2} GFLOP per step in {Counted} MatMul/Gemm/Conv nodes ({Low} in 16-bit)",
+            s.Precision, s.Model, r.Parameters, compiled.TrainingModel.Graph.Nodes.Count, flops.Total / 1e9, flops.Counted, flops.LowPrecision);
+
+        var model = setup.Model;
+        long[] dims = [s.BatchSize, model.Channels, model.ImageSize, model.ImageSize];
+        var rng = new Random(s.Seed);
+        var pixels = new float[dims.Aggregate(1L, (a, b) => a * b)];
+        for (int i = 0; i < pixels.Length; i++) pixels[i] = (float)(rng.NextDouble() * 2 - 1);
+        var labelData = new long[s.BatchSize];
+        for (int i = 0; i < labelData.Length; i++) labelData[i] = rng.Next(classes);
+        using var x = OrtValue.CreateTensorValueFromMemory(pixels, dims);
+        using var y = OrtValue.CreateTensorValueFromMemory(labelData, [s.BatchSize]);
+
+        var options = new TrainerOptions { Device = device, IntraOpThreads = s.Threads, CpuMemArena = s.CpuArena };
+        using (var trainer = new Trainer(compiled.TrainingModel, compiled.EvalModel, setup.Optimizer, compiled.Parameters, compiled.Buffers, options))
+        {
+            r.SetupSeconds = setupClock.Elapsed.TotalSeconds;
+            r.PersistentStateBytes = trainer.PersistentBytes;
+            trainer.SetLearningRate((float)s.Lr);
+            var scaler = setup.Policy.LossScaling != null ? new LossScaler(setup.Policy.LossScaling) : null;
+            for (int i = 0; i < s.Warmup + s.Steps; i++)
+            {
+                ct.ThrowIfCancellationRequested();
+                var clock = Stopwatch.StartNew();
+                trainer.LazyResetGrad();
+                if (scaler != null) trainer.LossScale = scaler.Scale;
+                var step = trainer.TrainStep([x], y);
+                var o = trainer.OptimizerStep(scaler?.Scale ?? 1f);
+                double sec = clock.Elapsed.TotalSeconds;
+                scaler?.Update(o.AllFinite);
+                gpu?.Sample();
+                if (i < s.Warmup) r.WarmupSeconds.Add(sec);
+                else { r.StepSeconds.Add(sec); r.StepLosses.Add(step.Loss); }
+                log.LogInformation("{Policy} {Kind} step {N}: {Seconds:F3} s, loss {Loss:F4}", s.Precision, i < s.Warmup ? "warm-up" : "timed", i < s.Warmup ? i + 1 : i - s.Warmup + 1, sec, step.Loss);
+            }
+            r.SkippedSteps = scaler?.SkippedSteps ?? 0;
+        }
+        // Peak memory of the step benchmark, before the epochs' data loader and the profile sessions add theirs.
+        r.PeakRssBytes = Machine.PeakRssBytes();
+        if (gpu != null) r.PeakDeviceBytes = gpu.Peak;
+        var sorted = r.StepSeconds.Order().ToList();
+        r.MedianSeconds = Percentile(sorted, 0.5);
+        r.P10Seconds = Percentile(sorted, 0.1);
+        r.P90Seconds = Percentile(sorted, 0.9);
+        r.SamplesPerSecond = r.MedianSeconds > 0 ? s.BatchSize / r.MedianSeconds : 0;
+        r.AchievedGflops = r.MedianSeconds > 0 ? r.FlopsPerStep / r.MedianSeconds / 1e9 : 0;
+
+        if (s.Epochs > 0 && splits != null) RunEpochs(s, setup, splits, options, r, log, ct);
+        if (s.Profile)
+        {
+            var dir = Path.Combine(s.Output, "profile", s.Precision);
+            var profile = ProfileRunner.Run(compiled, setup.Optimizer, device, s.Threads, s.CpuArena, x, y, Math.Max(1, s.Steps), dir, m => log.LogInformation("{Policy}: {Message}", s.Precision, m));
+            r.ProfileByOpType = profile.Microseconds;
+            r.ProfileCalls = profile.Calls;
+            r.ProfileRunMicroseconds = profile.RunMicroseconds;
+            File.WriteAllText(Path.Combine(dir, "by_op_type.md"), profile.ToMarkdown(Math.Max(1, s.Steps)));
+        }
+        return r;
+    }
+
+    /// <summary>Full epochs on the dataset with a fresh trainer (the timed steps trained on noise), validation after each, test at the end.</summary>
+    static void RunEpochs(BenchmarkSpec s, RunSetup.Compiled setup, DatasetSplits splits, TrainerOptions options, PolicyResult r, ILogger log, CancellationToken ct)
+    {
+        var c = setup.Artifacts;
+        var settings = new TrainSettings { BatchSize = s.BatchSize, Seed = s.Seed, Workers = s.Workers };
+        var train = new LoaderBatchSource(splits.Train, setup.Model, true, settings);
+        var val = new LoaderBatchSource(splits.Validation, setup.Model, false, settings);
+        var test = new LoaderBatchSource(splits.Test, setup.Model, false, settings);
+        long total = (long)train.BatchesPerEpoch * s.Epochs;
+        var schedule = Schedules.Create("cosine", s.Lr, total, Math.Min(total / 10, 100));
+        var scaler = setup.Policy.LossScaling != null ? new LossScaler(setup.Policy.LossScaling) : null;
+        using var trainer = new Trainer(c.TrainingModel, c.EvalModel, setup.Optimizer, c.Parameters, c.Buffers, options);
+        for (int epoch = 0; epoch < s.Epochs; epoch++)
+        {
+            foreach (var (xs, ys, n) in train.Epoch(epoch, 0, ct))
+            {
+                using var xv = OrtValue.CreateTensorValueFromMemory(xs, [n, setup.Model.Channels, setup.Model.ImageSize, setup.Model.ImageSize]);
+                using var yv = OrtValue.CreateTensorValueFromMemory(ys, [n]);
+                trainer.LazyResetGrad();
+                if (scaler != null) trainer.LossScale = scaler.Scale;
+                var step = trainer.TrainStep([xv], yv);
+                trainer.SetLearningRate((float)schedule.At(trainer.Step));
+                var o = trainer.OptimizerStep(scaler?.Scale ?? 1f);
+                scaler?.Update(o.AllFinite);
+                if (o.AllFinite) r.EpochLosses.Add(step.Loss);
+            }
+            var v = Evaluate(trainer, val, setup.Model, ct);
+            r.ValAccuracy.Add(v.Top1);
+            log.LogInformation("{Policy} epoch {Epoch}/{Epochs}: validation accuracy {Acc:P2}, loss {Loss:F4}", s.Precision, epoch + 1, s.Epochs, v.Top1, v.Loss);
+        }
+        var t = Evaluate(trainer, test, setup.Model, ct);
+        r.TestAccuracy = t.Top1;
+        r.TestLoss = t.Loss;
+        r.SkippedSteps += scaler?.SkippedSteps ?? 0;
+    }
+
+    static (double Loss, double Top1) Evaluate(Trainer trainer, IBatchSource source, ModelDefinition model, CancellationToken ct)
+    {
+        double loss = 0; long top1 = 0, n = 0;
+        foreach (var (x, y, count) in source.Epoch(0, 0, ct))
+        {
+            using var xv = OrtValue.CreateTensorValueFromMemory(x, [count, model.Channels, model.ImageSize, model.ImageSize]);
+            using var yv = OrtValue.CreateTensorValueFromMemory(y, [count]);
+            var e = trainer.EvalStep([xv], yv);
+            loss += e.Loss * count; top1 += e.Top1Correct; n += count;
+        }
+        return n == 0 ? (double.NaN, double.NaN) : (loss / n, (double)top1 / n);
+    }
+
+    /// <summary>Linear interpolation between closest ranks (numpy's default).</summary>
+    public static double Percentile(IReadOnlyList<double> sorted, double q)
+    {
+        if (sorted.Count == 0) return double.NaN;
+        double pos = q * (sorted.Count - 1);
+        int lo = (int)Math.Floor(pos), hi = Math.Min(lo + 1, sorted.Count - 1);
+        return sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo);
+    }
+}

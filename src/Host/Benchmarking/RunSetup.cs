@@ -6,41 +6,74 @@ using OrtFinetune.Training.Compiler;
 using OrtFinetune.Training.Compiler.Losses;
 using OrtFinetune.Training.Compiler.Optimizers;
 using OrtFinetune.Training.Runtime;
+using OrtFinetune.Training.Compiler.Precision;
 
 namespace OrtFinetune.Host.Benchmarking;
 
 /// <summary>
-/// The model -> precision -> compile -> optimizer part of <see cref="TrainRun"/>, the same calls with
-/// the same options, for the benchmark (which has no TrainSettings and may have no dataset plugin).
+/// The model -> precision -> compile -> optimizer setup shared by <see cref="TrainRun"/> and the
+/// benchmark: one place that turns plugin names and settings into compiled training graphs.
 /// </summary>
 public static class RunSetup
 {
-    public sealed record Compiled(ModelDefinition Model, IPrecisionPolicy Policy, TrainingArtifacts Artifacts, Model Optimizer);
+    public sealed record Compiled(ModelDefinition Model, IPrecisionPolicy Policy, TrainingArtifacts Artifacts, Model Optimizer, KernelProbe Kernels);
 
-    public static IPrecisionPolicy ResolvePrecision(PluginCatalog catalog, string name, DeviceSpec device)
+    /// <summary>What to build: the model by plugin name, its head size, and how to train it.</summary>
+    public sealed record Request
+    {
+        public required string Model { get; init; }
+        public required int Classes { get; init; }
+        public required IPrecisionPolicy Policy { get; init; }
+        public required OptimizerOptions Optimizer { get; init; }
+        public int ImageSize { get; init; }
+        public int Seed { get; init; }
+        public string? Weights { get; init; }
+        public string? ModelFile { get; init; }
+        public IReadOnlyList<string> Trainable { get; init; } = [];
+        public IReadOnlyList<string> Freeze { get; init; } = [];
+        public double LabelSmoothing { get; init; }
+    }
+
+    /// <param name="setting">How the user named the setting, for the error message (e.g. "--precision").</param>
+    public static IPrecisionPolicy ResolvePrecision(PluginCatalog catalog, string name, DeviceSpec device, string setting, PrecisionOptions? options = null)
     {
         var policies = catalog.Services<IPrecisionPolicy>().Select(x => x.Service).ToList();
         if (policies.Count == 0) throw new UsageException("no precision policies are loaded (the precision plugin is missing from the plugins folder)");
-        try { return PrecisionNames.Resolve(policies, name, device.IsCuda, cudaBf16: device.IsCuda).WithOptions(new PrecisionOptions()); }
-        catch (PrecisionException e) { throw new UsageException($"--precisions '{name}': {e.Message}"); }
+        // CUDA: bf16 is assumed available (Ampere and newer, e.g. A100/H100/H200); choose 16-mixed explicitly on older cards.
+        try { return PrecisionNames.Resolve(policies, name, device.IsCuda, cudaBf16: device.IsCuda).WithOptions(options ?? new PrecisionOptions()); }
+        catch (PrecisionException e) { throw new UsageException($"{setting} '{name}': {e.Message}"); }
     }
 
-    public static Compiled Build(PluginCatalog catalog, BenchmarkSpec s, int classes, DeviceSpec device)
+    public static ModelDefinition CreateModel(PluginCatalog catalog, Request r)
     {
-        if (!catalog.Models.TryGetValue(s.Model, out var mp))
-            throw new UsageException($"model '{s.Model}' is not provided by any loaded plugin (available: {string.Join(", ", catalog.Models.Keys.Order())})");
-        var policy = ResolvePrecision(catalog, s.Precision, device);
+        if (!catalog.Models.TryGetValue(r.Model, out var mp))
+            throw new UsageException($"model '{r.Model}' is not provided by any loaded plugin (available: {string.Join(", ", catalog.Models.Keys.Order())})");
+        return mp.Provider.Create(new ModelRequest
+        {
+            Architecture = r.Model, NumClasses = r.Classes, ImageSize = r.ImageSize, Channels = 3,
+            WeightsPath = r.Weights, ModelPath = r.ModelFile, Seed = r.Seed,
+        });
+    }
+
+    public static Compiled Build(PluginCatalog catalog, Request r, DeviceSpec device)
+    {
         var kernels = KernelProbe.For(device);
-        var model = mp.Provider.Create(new ModelRequest { Architecture = s.Model, NumClasses = classes, ImageSize = s.ImageSize, Channels = 3, Seed = s.Seed });
+        var model = CreateModel(catalog, r);
         var compiled = TrainingCompiler.Compile(model.Forward, new CompileOptions
         {
-            GradientAccumulation = true, Loss = new LossOptions(), Precision = policy, Kernels = kernels,
+            GradientAccumulation = true, Trainable = r.Trainable, Freeze = r.Freeze,
+            Loss = new LossOptions { LabelSmoothing = r.LabelSmoothing },
+            Precision = r.Policy, Kernels = kernels,
         });
-        var optimizer = OptimizerBuilder.Build(compiled.Parameters, new OptimizerOptions
-        {
-            Type = s.Optimizer, WeightDecay = s.WeightDecay, Momentum = s.Optimizer == "sgd" ? 0.9 : 0, MaxGradNorm = s.MaxGradNorm,
-            Rounding = policy.Rounding,
-        }, compiled.TrainingModel.OpsetOf(""), kernels);
-        return new Compiled(model, policy, compiled, optimizer);
+        var optimizer = OptimizerBuilder.Build(compiled.Parameters, r.Optimizer with { Rounding = r.Policy.Rounding }, compiled.TrainingModel.OpsetOf(""), kernels);
+        return new Compiled(model, r.Policy, compiled, optimizer, kernels);
     }
+
+    /// <summary>The benchmark's request: synthetic or real data, default training settings.</summary>
+    public static Compiled Build(PluginCatalog catalog, BenchmarkSpec s, int classes, DeviceSpec device) => Build(catalog, new Request
+    {
+        Model = s.Model, Classes = classes, ImageSize = s.ImageSize, Seed = s.Seed,
+        Policy = ResolvePrecision(catalog, s.Precision, device, "--precisions"),
+        Optimizer = new OptimizerOptions { Type = s.Optimizer, WeightDecay = s.WeightDecay, Momentum = s.Optimizer == "sgd" ? 0.9 : 0, MaxGradNorm = s.MaxGradNorm },
+    }, device);
 }

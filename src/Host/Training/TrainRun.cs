@@ -6,6 +6,7 @@ using Microsoft.ML.OnnxRuntime;
 using OrtFinetune.Abstractions;
 using OrtFinetune.Host.Configuration;
 using OrtFinetune.Host.Plugins;
+using OrtFinetune.Host.Benchmarking;
 using OrtFinetune.Onnx;
 using OrtFinetune.Training.Compiler;
 using OrtFinetune.Training.Compiler.Losses;
@@ -42,11 +43,12 @@ public sealed class TrainRun(TrainSettings s, PluginCatalog catalog, ILogger log
         var device = DeviceSpec.Parse(s.Device);
         if (!catalog.Datasets.TryGetValue(s.Dataset, out var ds))
             throw new UsageException($"dataset '{s.Dataset}' is not provided by any loaded plugin (available: {string.Join(", ", catalog.Datasets.Keys.Order())})");
-        if (!catalog.Models.TryGetValue(s.Model, out var mp))
-            throw new UsageException($"model '{s.Model}' is not provided by any loaded plugin (available: {string.Join(", ", catalog.Models.Keys.Order())})");
-        var policy = ResolvePrecision(device);
+        var policy = RunSetup.ResolvePrecision(catalog, s.Precision, device, "Train:Precision (--precision)", new PrecisionOptions
+        {
+            LossScaling = s.LossScaling,
+            Rounding = s.Rounding == "kahan" ? UpdateRounding.Kahan : UpdateRounding.Nearest,
+        });
         var precision = policy.Name;
-        var kernels = KernelProbe.For(device);
 
         log.LogInformation("opening dataset {Dataset} ({Plugin})", s.Dataset, ds.Plugin);
         var splits = ds.Provider.Open(new DatasetRequest
@@ -58,24 +60,14 @@ public sealed class TrainRun(TrainSettings s, PluginCatalog catalog, ILogger log
         log.LogInformation("dataset: {Train} train, {Val} validation, {Test} test images, {Classes} classes", splits.Train.Count, splits.Validation.Count, splits.Test.Count, classes);
         if (splits.Train.Count < s.BatchSize) throw new UsageException($"the training split has {splits.Train.Count} images, fewer than one batch of {s.BatchSize}");
 
-        var model = mp.Provider.Create(new ModelRequest
+        var setup = RunSetup.Build(catalog, new RunSetup.Request
         {
-            Architecture = s.Model, NumClasses = classes, ImageSize = s.ImageSize, Channels = 3,
-            WeightsPath = s.Weights, ModelPath = s.ModelFile, Seed = s.Seed,
-        });
+            Model = s.Model, Classes = classes, ImageSize = s.ImageSize, Seed = s.Seed, Weights = s.Weights, ModelFile = s.ModelFile,
+            Trainable = s.Trainable, Freeze = s.Freeze, LabelSmoothing = s.LabelSmoothing, Policy = policy,
+            Optimizer = new OptimizerOptions { Type = s.Optimizer, WeightDecay = s.WeightDecay, Momentum = s.Optimizer == "sgd" ? s.Momentum : 0, MaxGradNorm = s.MaxGradNorm },
+        }, device);
+        var (model, compiled, optimizer, kernels) = (setup.Model, setup.Artifacts, setup.Optimizer, setup.Kernels);
         log.LogInformation("model {Model}: {Description}", s.Model, model.Description);
-
-        var compiled = TrainingCompiler.Compile(model.Forward, new CompileOptions
-        {
-            GradientAccumulation = true, Trainable = s.Trainable, Freeze = s.Freeze,
-            Loss = new LossOptions { LabelSmoothing = s.LabelSmoothing },
-            Precision = policy, Kernels = kernels,
-        });
-        var optimizer = OptimizerBuilder.Build(compiled.Parameters, new OptimizerOptions
-        {
-            Type = s.Optimizer, WeightDecay = s.WeightDecay, Momentum = s.Optimizer == "sgd" ? s.Momentum : 0, MaxGradNorm = s.MaxGradNorm,
-            Rounding = policy.Rounding,
-        }, compiled.TrainingModel.OpsetOf(""), kernels);
         var report = DtypeReport.Of(compiled.TrainingModel);
         log.LogInformation("precision {Precision}: parameters in {Storage}, compute in {Compute}{Scaler}", policy.Name, policy.StorageType.OnnxName(), policy.ComputeType.OnnxName(),
             policy.LossScaling != null ? $", dynamic loss scaling from {policy.LossScaling.InitScale}" : "");
@@ -235,23 +227,6 @@ public sealed class TrainRun(TrainSettings s, PluginCatalog catalog, ILogger log
         Console.WriteLine($"throughput {samples / trainSeconds:F1} images/s over {trainSeconds:F1} s, peak memory {summary["peak_memory_mb"]} MB");
         Console.WriteLine($"run folder: {run.Path}");
         return ExitCodes.Ok;
-    }
-
-    IPrecisionPolicy ResolvePrecision(DeviceSpec device)
-    {
-        var policies = catalog.Services<IPrecisionPolicy>().Select(x => x.Service).ToList();
-        if (policies.Count == 0) throw new UsageException("no precision policies are loaded (the precision plugin is missing from the plugins folder)");
-        try
-        {
-            // CUDA: bf16 is assumed available (Ampere and newer, e.g. A100/H100/H200); choose 16-mixed explicitly on older cards.
-            var policy = PrecisionNames.Resolve(policies, s.Precision, device.IsCuda, cudaBf16: device.IsCuda);
-            return policy.WithOptions(new PrecisionOptions
-            {
-                LossScaling = s.LossScaling,
-                Rounding = s.Rounding == "kahan" ? UpdateRounding.Kahan : UpdateRounding.Nearest,
-            });
-        }
-        catch (PrecisionException e) { throw new UsageException($"Train:Precision (--precision) = '{s.Precision}': {e.Message}"); }
     }
 
     static (double Loss, double Top1, double Top5) Evaluate(Trainer trainer, IBatchSource source, ModelDefinition model, CancellationToken ct)

@@ -132,6 +132,7 @@ public class ReliabilityTests(ITestOutputHelper log) : IDisposable
     /// </summary>
     string? SmallTmpfs(int megabytes)
     {
+        if (TmpfsDisabled) { log.WriteLine("tmpfs disabled by ORTFT_TEST_NO_TMPFS=1; using ulimit -f"); return null; }
         var dir = Directory.CreateDirectory(Path.Combine(_tmp, $"tmpfs{_mounts.Count}")).FullName;
         var (code, output) = RunTool("mount", "-t", "tmpfs", "-o", $"size={megabytes}m", "tmpfs", dir);
         if (code != 0) { log.WriteLine($"tmpfs mount not possible ({output.Trim()}); falling back to ulimit -f"); return null; }
@@ -139,7 +140,14 @@ public class ReliabilityTests(ITestOutputHelper log) : IDisposable
         return dir;
     }
 
-    static string FileSizeLimit(int kilobytes) => $"trap '' XFSZ; ulimit -f {kilobytes}";
+    /// <summary>
+    /// Shell prefix: writes past <paramref name="kilobytes"/> KB fail with EFBIG. SIGXFSZ is ignored (else it kills the
+    /// process), and W^X is off (its double-mapped memory file would itself exceed the limit and stop the runtime).
+    /// </summary>
+    static string FileSizeLimit(int kilobytes) => $"trap '' XFSZ; ulimit -f {kilobytes}; export DOTNET_EnableWriteXorExecute=0";
+
+    /// <summary>Forces the fallback (ORTFT_TEST_NO_TMPFS=1) to check it where tmpfs works.</summary>
+    static bool TmpfsDisabled => Environment.GetEnvironmentVariable("ORTFT_TEST_NO_TMPFS") == "1";
 
     [Fact]
     public void FullDiskDuringCheckpointIsReportedAndKeepsThePreviousCheckpoint()

@@ -17,6 +17,7 @@ public static class Program
         root.Subcommands.Add(TrainCommand.CreateExport(pluginDirs));
         root.Subcommands.Add(BenchmarkCommand.Create(pluginDirs));
         root.Subcommands.Add(DebugCommands.CheckpointWriter());
+        root.Subcommands.Add(DebugCommands.SetMetadata());
         // The generic host handles SIGINT/SIGTERM (checkpoint, then exit); System.CommandLine must not kill the process first.
         return root.Parse(args).Invoke(new InvocationConfiguration { ProcessTerminationTimeout = null });
     }

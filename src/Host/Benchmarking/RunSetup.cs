@@ -48,11 +48,22 @@ public static class RunSetup
     {
         if (!catalog.Models.TryGetValue(r.Model, out var mp))
             throw new UsageException($"model '{r.Model}' is not provided by any loaded plugin (available: {string.Join(", ", catalog.Models.Keys.Order())})");
-        return mp.Provider.Create(new ModelRequest
+        ModelDefinition model;
+        try
         {
-            Architecture = r.Model, NumClasses = r.Classes, ImageSize = r.ImageSize, Channels = 3,
-            WeightsPath = r.Weights, ModelPath = r.ModelFile, Seed = r.Seed,
-        });
+            model = mp.Provider.Create(new ModelRequest
+            {
+                Architecture = r.Model, NumClasses = r.Classes, ImageSize = r.ImageSize, Channels = 3,
+                WeightsPath = r.Weights, ModelPath = r.ModelFile, Seed = r.Seed,
+            });
+        }
+        catch (Exception e) when (e is not (ModelException or OnnxFormatException or OperationCanceledException))
+        {
+            throw new ModelException($"plugin '{mp.Plugin}' failed to create model '{r.Model}': {e.GetType().Name}: {e.Message}", e);
+        }
+        if (model.Mean.Length == 0 || model.Std.Length == 0 || model.Mean.Any(v => !float.IsFinite(v)) || model.Std.Any(v => !(v > 0) || float.IsInfinity(v)))
+            throw new ModelException($"plugin '{mp.Plugin}': model '{r.Model}' has an invalid input normalization (mean [{string.Join(", ", model.Mean)}], std [{string.Join(", ", model.Std)}]; std values must be positive and finite)");
+        return model;
     }
 
     public static Compiled Build(PluginCatalog catalog, Request r, DeviceSpec device)

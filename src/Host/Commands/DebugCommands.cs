@@ -5,7 +5,7 @@ using OrtFinetune.Training.Runtime;
 
 namespace OrtFinetune.Host.Commands;
 
-/// <summary>Hidden commands used by the crash-safety tests (a child process killed mid-write).</summary>
+/// <summary>Hidden commands used by the crash-safety and reliability tests.</summary>
 public static class DebugCommands
 {
     public static Command CheckpointWriter()
@@ -29,6 +29,32 @@ public static class DebugCommands
                 ck.Save(r.GetValue(output)!.FullName);
                 Console.WriteLine(step);
             }
+            return 0;
+        });
+        return cmd;
+    }
+
+    /// <summary>
+    /// Copies an ONNX model, setting metadata entries (KEY=VALUE). The reliability tests use it to give an
+    /// imported model an extreme input normalization (ortfinetune.std), which drives 16-bit compute into overflow.
+    /// </summary>
+    public static Command SetMetadata()
+    {
+        var model = new Option<FileInfo>("--model") { Required = true };
+        var output = new Option<FileInfo>("--output") { Required = true };
+        var set = new Option<string[]>("--set") { AllowMultipleArgumentsPerToken = true, Arity = ArgumentArity.OneOrMore };
+        var cmd = new Command("debug-set-metadata", "Copies an ONNX model with metadata entries set (KEY=VALUE).") { model, output, set };
+        cmd.Hidden = true;
+        cmd.SetAction(r =>
+        {
+            var m = ModelIO.Load(r.GetValue(model)!.FullName);
+            foreach (var kv in r.GetValue(set) ?? [])
+            {
+                int eq = kv.IndexOf('=');
+                if (eq <= 0) { Console.Error.WriteLine($"error: --set {kv}: expected KEY=VALUE"); return 1; }
+                m.Metadata[kv[..eq]] = kv[(eq + 1)..];
+            }
+            ModelIO.Save(m, r.GetValue(output)!.FullName);
             return 0;
         });
         return cmd;

@@ -51,11 +51,20 @@ public sealed class TrainRun(TrainSettings s, PluginCatalog catalog, ILogger log
         var precision = policy.Name;
 
         log.LogInformation("opening dataset {Dataset} ({Plugin})", s.Dataset, ds.Plugin);
-        var splits = ds.Provider.Open(new DatasetRequest
+        DatasetSplits splits;
+        try
         {
-            DataDir = s.DataDir, Seed = s.Seed, Limit = s.Limit, Logger = log,
-            OnBadSample = s.BadSamples == "skip" ? BadSamplePolicy.Skip : BadSamplePolicy.Stop,
-        });
+            splits = ds.Provider.Open(new DatasetRequest
+            {
+                DataDir = s.DataDir, Seed = s.Seed, Limit = s.Limit, Logger = log,
+                OnBadSample = s.BadSamples == "skip" ? BadSamplePolicy.Skip : BadSamplePolicy.Stop,
+            });
+        }
+        catch (Exception e) when (e is not (DatasetException or OperationCanceledException))
+        {
+            // A plugin bug, not bad data: report it by plugin name, without a trace.
+            throw new DatasetException($"plugin '{ds.Plugin}' failed to open dataset '{s.Dataset}': {e.GetType().Name}: {e.Message}", e);
+        }
         int classes = splits.Train.ClassNames.Count;
         log.LogInformation("dataset: {Train} train, {Val} validation, {Test} test images, {Classes} classes", splits.Train.Count, splits.Validation.Count, splits.Test.Count, classes);
         if (splits.Train.Count < s.BatchSize) throw new UsageException($"the training split has {splits.Train.Count} images, fewer than one batch of {s.BatchSize}");
@@ -98,8 +107,8 @@ public sealed class TrainRun(TrainSettings s, PluginCatalog catalog, ILogger log
             var result = new JsonObject
             {
                 ["checkpoint"] = Path.GetFullPath(s.Resume), ["step"] = trainer.Step, ["precision"] = precision,
-                ["test_accuracy"] = te.Top1, ["test_top5"] = te.Top5, ["test_loss"] = te.Loss,
-                ["val_accuracy"] = ve.Top1, ["val_top5"] = ve.Top5, ["val_loss"] = ve.Loss,
+                ["test_accuracy"] = Finite(te.Top1), ["test_top5"] = Finite(te.Top5), ["test_loss"] = Finite(te.Loss),
+                ["val_accuracy"] = Finite(ve.Top1), ["val_top5"] = Finite(ve.Top5), ["val_loss"] = Finite(ve.Loss),
             };
             if (s.Output != null) { Directory.CreateDirectory(s.Output); File.WriteAllText(Path.Combine(s.Output, "eval.json"), result.ToJsonString(new System.Text.Json.JsonSerializerOptions { WriteIndented = true })); }
             return ExitCodes.Ok;
@@ -181,7 +190,7 @@ public sealed class TrainRun(TrainSettings s, PluginCatalog catalog, ILogger log
                     if (trainer.Step % s.LogEvery == 0)
                         run.Metric(new JsonObject
                         {
-                            ["step"] = trainer.Step, ["epoch"] = epoch + 1, ["loss"] = r.Loss, ["lr"] = trainer.LearningRate, ["grad_norm"] = o.GradNorm,
+                            ["step"] = trainer.Step, ["epoch"] = epoch + 1, ["loss"] = Finite(r.Loss), ["lr"] = trainer.LearningRate, ["grad_norm"] = Finite(o.GradNorm),
                             ["train_accuracy"] = seen > 0 ? (double)correct / seen : null, ["samples_per_second"] = samples / trainClock.Elapsed.TotalSeconds,
                             ["elapsed_seconds"] = total.Elapsed.TotalSeconds,
                         });
@@ -193,7 +202,7 @@ public sealed class TrainRun(TrainSettings s, PluginCatalog catalog, ILogger log
                 var v = Evaluate(trainer, val, model, ct);
                 log.LogInformation("epoch {Epoch}/{Epochs}: train loss {TrainLoss:F4}, train accuracy {TrainAcc:P2}; validation loss {Loss:F4}, accuracy {Acc:P2} (top-5 {Top5:P2})",
                     epoch + 1, s.Epochs, seen > 0 ? lossSum / seen : double.NaN, seen > 0 ? (double)correct / seen : double.NaN, v.Loss, v.Top1, v.Top5);
-                run.Metric(new JsonObject { ["epoch"] = epoch + 1, ["step"] = trainer.Step, ["val_loss"] = v.Loss, ["val_accuracy"] = v.Top1, ["val_top5"] = v.Top5 });
+                run.Metric(new JsonObject { ["epoch"] = epoch + 1, ["step"] = trainer.Step, ["val_loss"] = Finite(v.Loss), ["val_accuracy"] = Finite(v.Top1), ["val_top5"] = Finite(v.Top5) });
                 epochAt = epoch + 1; batchAt = 0;
                 trainer.SaveCheckpoint(run.LastCheckpoint, State(epoch + 1, 0));
             }
@@ -217,8 +226,8 @@ public sealed class TrainRun(TrainSettings s, PluginCatalog catalog, ILogger log
             ["train_seconds"] = Math.Round(trainSeconds, 2), ["samples_per_second"] = Math.Round(samples / trainSeconds, 1),
             ["peak_memory_mb"] = Process.GetCurrentProcess().PeakWorkingSet64 / (1 << 20),
             ["persistent_state_mb"] = trainer.PersistentBytes / (1 << 20),
-            ["test_accuracy"] = Math.Round(t.Top1, 5), ["test_top5"] = Math.Round(t.Top5, 5), ["test_loss"] = Math.Round(t.Loss, 5),
-            ["final_loss"] = lastLoss, ["skipped_steps"] = scaler?.SkippedSteps ?? 0, ["loss_scale"] = scaler?.Scale, ["loader_wait_seconds"] = Math.Round(train.WaitSeconds, 2),
+            ["test_accuracy"] = Finite(Math.Round(t.Top1, 5)), ["test_top5"] = Finite(Math.Round(t.Top5, 5)), ["test_loss"] = Finite(Math.Round(t.Loss, 5)),
+            ["final_loss"] = Finite(lastLoss), ["skipped_steps"] = scaler?.SkippedSteps ?? 0, ["loss_scale"] = scaler?.Scale, ["loader_wait_seconds"] = Math.Round(train.WaitSeconds, 2),
             ["checkpoint"] = run.LastCheckpoint, ["exported_model"] = run.ExportedModel,
         };
         run.WriteJson("summary.json", summary);
@@ -228,6 +237,9 @@ public sealed class TrainRun(TrainSettings s, PluginCatalog catalog, ILogger log
         Console.WriteLine($"run folder: {run.Path}");
         return ExitCodes.Ok;
     }
+
+    /// <summary>JSON has no NaN/Infinity: a non-finite metric (diverged loss, empty split) is written as null.</summary>
+    static double? Finite(double v) => double.IsFinite(v) ? v : null;
 
     static (double Loss, double Top1, double Top5) Evaluate(Trainer trainer, IBatchSource source, ModelDefinition model, CancellationToken ct)
     {

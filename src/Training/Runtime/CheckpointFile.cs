@@ -71,7 +71,8 @@ public sealed class CheckpointFile
             }
             File.Move(tmp, full, true);
         }
-        catch (IOException e)
+        // ArgumentOutOfRangeException: .NET's report of EFBIG (file larger than the file system or RLIMIT_FSIZE allows).
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or ArgumentOutOfRangeException)
         {
             TryDelete(tmp);
             throw new CheckpointException($"{full}: could not write the checkpoint ({e.Message}); the previous checkpoint, if any, is unchanged", e);

@@ -374,7 +374,8 @@ public sealed class Trainer : IDisposable
         m.Metadata["ortfinetune.role"] = "inference";
         m.Metadata["ortfinetune.step"] = Step.ToString(CultureInfo.InvariantCulture);
         try { ModelIO.Save(m, path); }
-        catch (IOException e) { throw new TrainingException($"{path}: could not write the exported model ({e.Message})", e); }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or ArgumentOutOfRangeException) // the last: EFBIG
+        { throw new TrainingException($"{path}: could not write the exported model ({e.Message})", e); }
     }
 
     public void Dispose()

@@ -504,10 +504,12 @@ public class ReliabilityTests(ITestOutputHelper log) : IDisposable
         var both = Run(["plugins", "--plugins-dir", TestPaths.BuiltInPlugins, other]);
         Assert.Contains(FaultyPluginName, both.Out);
         Assert.Contains("dataset faulty-open", both.Out);
-        // Without --plugins-dir the default relative folder "plugins" (appsettings.json) is resolved in the
-        // working folder first, then next to the executable (HostSetup.PluginFolders): documented behaviour.
-        var dflt = Run(["plugins", "--plugins-dir", "plugins"]);
-        Assert.Contains(FaultyPluginName, dflt.Out);
-        Assert.DoesNotContain("dataset shapes", dflt.Out);
+        // Without --plugins-dir, the default folder "plugins" (appsettings.json) is the one next to the
+        // executable, never the working folder's ./plugins (HostSetup.PluginFolders).
+        var dflt = Run(["plugins"]);
+        Assert.DoesNotContain(FaultyPluginName, dflt.Out);
+        // An explicit relative --plugins-dir is relative to the working folder, as any path argument.
+        var explicitRelative = Run(["plugins", "--plugins-dir", "plugins"]);
+        Assert.Contains(FaultyPluginName, explicitRelative.Out);
     }
 }

@@ -31,7 +31,7 @@ public static class PluginsCommand
     {
         var d = new Dictionary<string, string?>();
         var dirs = r.GetValue(pluginDirs) ?? [];
-        for (int i = 0; i < dirs.Length; i++) d[$"Plugins:Folders:{i}"] = dirs[i];
+        for (int i = 0; i < dirs.Length; i++) d[$"Plugins:Folders:{i}"] = Path.GetFullPath(dirs[i]);
         return d;
     }
 }

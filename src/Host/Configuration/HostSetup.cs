@@ -84,17 +84,17 @@ public static class HostSetup
         return b;
     }
 
-    /// <summary>Plugin folders from Plugins:Folders; relative ones are tried in the working folder, then next to the executable.</summary>
+    /// <summary>
+    /// Plugin folders from Plugins:Folders (appsettings.json, environment) and --plugins-dir. Relative
+    /// folders from configuration are relative to the executable's folder, never to the working folder,
+    /// so a plugins/ folder wherever the tool happens to run is not loaded by accident; --plugins-dir
+    /// values are made absolute when the command line is parsed.
+    /// </summary>
     public static IEnumerable<string> PluginFolders(IConfiguration config)
     {
         var folders = config.GetSection("Plugins:Folders").GetChildren().Select(c => c.Value).Where(v => !string.IsNullOrEmpty(v)).Cast<string>().ToList();
         if (config["Plugins:Folder"] is { Length: > 0 } single) folders.Add(single);
         if (folders.Count == 0) folders.Add("plugins");
-        foreach (var f in folders.Distinct())
-        {
-            if (Path.IsPathRooted(f)) { yield return f; continue; }
-            var cwd = Path.GetFullPath(f);
-            yield return Directory.Exists(cwd) ? cwd : Path.Combine(AppContext.BaseDirectory, f);
-        }
+        return folders.Select(f => Path.IsPathRooted(f) ? f : Path.GetFullPath(Path.Combine(AppContext.BaseDirectory, f))).Distinct();
     }
 }

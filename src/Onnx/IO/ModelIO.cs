@@ -205,10 +205,16 @@ public static class ModelIO
             var proto = ToProto(m, data, dataName, options.ExternalMinTensorBytes);
             if (data != null) { data.Flush(true); data.Dispose(); data = null; }
             var tmp = full + ".tmp";
-            using (var fs = new FileStream(tmp, FileMode.Create, FileAccess.Write))
+            try
             {
+                using var fs = new FileStream(tmp, FileMode.Create, FileAccess.Write);
                 using (var cos = new CodedOutputStream(fs, true)) proto.WriteTo(cos);
                 fs.Flush(true);
+            }
+            catch
+            {
+                try { File.Delete(tmp); } catch (IOException) { }
+                throw;
             }
             if (external) File.Move(tmpData, Path.Combine(Path.GetDirectoryName(full)!, dataName), true);
             File.Move(tmp, full, true);

@@ -6,7 +6,6 @@ using Microsoft.ML.OnnxRuntime;
 using OrtFinetune.Abstractions;
 using OrtFinetune.Host.Configuration;
 using OrtFinetune.Host.Plugins;
-using OrtFinetune.Host.Benchmarking;
 using OrtFinetune.Onnx;
 using OrtFinetune.Training.Compiler;
 using OrtFinetune.Training.Compiler.Losses;

@@ -1,6 +1,6 @@
 using OrtFinetune.Abstractions;
 using OrtFinetune.Host.Plugins;
-using OrtFinetune.Host.Training;
+using OrtFinetune.Host.Benchmarking;
 using OrtFinetune.Onnx;
 using OrtFinetune.Training.Compiler;
 using OrtFinetune.Training.Compiler.Losses;
@@ -8,7 +8,7 @@ using OrtFinetune.Training.Compiler.Optimizers;
 using OrtFinetune.Training.Runtime;
 using OrtFinetune.Training.Compiler.Precision;
 
-namespace OrtFinetune.Host.Benchmarking;
+namespace OrtFinetune.Host.Training;
 
 /// <summary>
 /// The model -> precision -> compile -> optimizer setup shared by <see cref="TrainRun"/> and the

@@ -60,6 +60,14 @@ public static class BenchmarkChild
         var options = new TrainerOptions { Device = device, IntraOpThreads = s.Threads, CpuMemArena = s.CpuArena };
         using (var trainer = new Trainer(compiled.TrainingModel, compiled.EvalModel, setup.Optimizer, compiled.Parameters, compiled.Buffers, options))
         {
+            if (!s.Profile && s.Epochs == 0)
+            {
+                // As train does: the trainer holds its own copy of the weights, the host copies go.
+                setup = setup with { Model = setup.Model with { Forward = new OrtFinetune.Onnx.Model() }, Artifacts = null! };
+                compiled = null!;
+                model = setup.Model;
+                GC.Collect();
+            }
             r.SetupSeconds = setupClock.Elapsed.TotalSeconds;
             r.PersistentStateBytes = trainer.PersistentBytes;
             trainer.SetLearningRate((float)s.Lr);

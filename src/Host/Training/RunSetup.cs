@@ -76,7 +76,10 @@ public static class RunSetup
             Loss = new LossOptions { LabelSmoothing = r.LabelSmoothing },
             Precision = r.Policy, Kernels = kernels,
         });
-        var optimizer = OptimizerBuilder.Build(compiled.Parameters, r.Optimizer with { Rounding = r.Policy.Rounding }, compiled.TrainingModel.OpsetOf(""), kernels);
+        // Without loss scaling a non-finite gradient stops the run, so the optimizer need not guard each update.
+        var optimizer = OptimizerBuilder.Build(compiled.Parameters,
+            r.Optimizer with { Rounding = r.Policy.Rounding, SkipNonFiniteUpdates = r.Policy.LossScaling != null },
+            compiled.TrainingModel.OpsetOf(""), kernels);
         return new Compiled(model, r.Policy, compiled, optimizer, kernels);
     }
 

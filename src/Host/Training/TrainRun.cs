@@ -87,6 +87,11 @@ public sealed class TrainRun(TrainSettings s, PluginCatalog catalog, ILogger log
 
         using var trainer = new Trainer(compiled.TrainingModel, compiled.EvalModel, optimizer, compiled.Parameters, compiled.Buffers,
             new TrainerOptions { Device = device, IntraOpThreads = s.Threads, CpuMemArena = s.CpuArena });
+        // The trainer holds its own copy of the weights: let the host copies go (no doubled weight buffers).
+        model = model with { Forward = new Model() };
+        compiled = null!;
+        setup = null!;
+        GC.Collect();
 
         if (EvaluateOnly || ExportTo != null)
         {

@@ -18,6 +18,12 @@ public sealed record OptimizerOptions
     public double Eps { get; init; } = 1e-8;
     /// <summary>L2 penalty (SGD, Adam) or decoupled decay (AdamW).</summary>
     public double WeightDecay { get; init; } = 0.01;
+    /// <summary>
+    /// Leave every tensor unchanged when a gradient is not finite (GradScaler's skipped step). Needed with
+    /// loss scaling; without it a non-finite gradient is only reported through all_finite (the caller
+    /// stops), which saves one select per parameter, gradient and moment per step.
+    /// </summary>
+    public bool SkipNonFiniteUpdates { get; init; } = true;
     /// <summary>Clip gradients to this global L2 norm (torch.nn.utils.clip_grad_norm_); null = no clipping.</summary>
     public double? MaxGradNorm { get; init; }
     /// <summary>Glob patterns of parameters without weight decay. Null = biases and norm weights (parameters with fewer than 2 dimensions).</summary>
@@ -185,14 +191,15 @@ public static class OptimizerBuilder
             else newP = Out(newP);
             outputs.Add((Updated(p.Name), newP, p.TensorType));
             foreach (var (input, value) in newStates) stateOutputs.Add((Updated(input), value, p.TensorType));
+            // Skip the update when a gradient is not finite (outputs = inputs). Emitted right after this
+            // parameter's update, so its new values are written and freed before the next parameter's.
+            foreach (var (input, value) in newStates.Prepend((p.Name, newP)))
+            {
+                if (o.SkipNonFiniteUpdates) g.Nodes.Add(new Node("Where", [finite, value, input], [Updated(input)], b.Unique("skip_if_not_finite")));
+                else RenameOutput(g, value, Updated(input));
+            }
         }
         b.Prefix = "";
-        // Skip the whole update when a gradient is not finite: outputs = inputs.
-        foreach (var (name, value, type) in outputs.Concat(stateOutputs))
-        {
-            var input = name[..^".updated".Length];
-            g.Nodes.Add(new Node("Where", [finite, value, input], [name], b.Unique("skip_if_not_finite")));
-        }
         g.Outputs.Add(new ValueInfo(AllFinite, new TensorType(DataType.Bool, [])));
         g.Outputs.Add(new ValueInfo(GradNorm, new TensorType(F, [])));
         g.Nodes.Add(new Node("Identity", [finite], [AllFinite], b.Unique("Identity")));
@@ -201,6 +208,16 @@ public static class OptimizerBuilder
         m.Metadata["ortfinetune.role"] = "optimizer";
         m.Metadata["ortfinetune.optimizer"] = o.Type;
         return m;
+    }
+
+    /// <summary>Makes the node producing <paramref name="from"/> write <paramref name="to"/> instead (no copy).</summary>
+    static void RenameOutput(Graph g, string from, string to)
+    {
+        foreach (var n in g.Nodes)
+        {
+            for (int k = 0; k < n.Outputs.Count; k++) if (n.Outputs[k] == from) n.Outputs[k] = to;
+            for (int k = 0; k < n.Inputs.Count; k++) if (n.Inputs[k] == from) n.Inputs[k] = to;
+        }
     }
 
     static string AsFloat(GraphBuilder b, string v, DataType t) => t == DataType.Float ? v : b.Cast(v, DataType.Float);

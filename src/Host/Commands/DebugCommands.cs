@@ -13,13 +13,28 @@ public static class DebugCommands
         var output = new Option<FileInfo>("--output") { Required = true };
         var mb = new Option<int>("--megabytes") { DefaultValueFactory = _ => 8 };
         var max = new Option<int>("--max-writes") { DefaultValueFactory = _ => 10000 };
-        var cmd = new Command("debug-checkpoint-writer", "Writes checkpoints in a loop (tensor values = step), for kill tests.") { output, mb, max };
+        var kind = new Option<string>("--kind") { Description = "checkpoint or export (an ONNX model written like ExportModelForInferencing)", DefaultValueFactory = _ => "checkpoint" };
+        var cmd = new Command("debug-checkpoint-writer", "Writes checkpoints or exported models in a loop (tensor values = step), for kill tests.") { output, mb, max, kind };
         cmd.Hidden = true;
         cmd.SetAction(r =>
         {
             int n = r.GetValue(mb) * (1 << 18);
             for (int step = 1; step <= r.GetValue(max); step++)
             {
+                if (r.GetValue(kind) == "export")
+                {
+                    var m = new Model();
+                    m.Metadata["step"] = step.ToString(CultureInfo.InvariantCulture);
+                    var w = new float[n];
+                    Array.Fill(w, step);
+                    m.Graph.Initializers["w"] = Tensor.Float("w", w, w.Length);
+                    m.Graph.Inputs.Add(new ValueInfo("x", TensorType.Of(DataType.Float, w.Length)));
+                    m.Graph.Outputs.Add(new ValueInfo("y", TensorType.Of(DataType.Float, w.Length)));
+                    m.Graph.Nodes.Add(new Node("Add", ["x", "w"], ["y"], "add"));
+                    ModelIO.Save(m, r.GetValue(output)!.FullName);
+                    Console.WriteLine(step);
+                    continue;
+                }
                 var ck = new CheckpointFile();
                 ck.Meta["step"] = step.ToString(CultureInfo.InvariantCulture);
                 var values = new float[n / 2];

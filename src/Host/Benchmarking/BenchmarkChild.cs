@@ -138,27 +138,14 @@ public static class BenchmarkChild
                 scaler?.Update(o.AllFinite);
                 if (o.AllFinite) r.EpochLosses.Add(step.Loss);
             }
-            var v = Evaluate(trainer, val, setup.Model, ct);
+            var v = TrainRun.Evaluate(trainer, val, setup.Model, ct);
             r.ValAccuracy.Add(v.Top1);
             log.LogInformation("{Policy} epoch {Epoch}/{Epochs}: validation accuracy {Acc:P2}, loss {Loss:F4}", s.Precision, epoch + 1, s.Epochs, v.Top1, v.Loss);
         }
-        var t = Evaluate(trainer, test, setup.Model, ct);
+        var t = TrainRun.Evaluate(trainer, test, setup.Model, ct);
         r.TestAccuracy = t.Top1;
         r.TestLoss = t.Loss;
         r.SkippedSteps += scaler?.SkippedSteps ?? 0;
-    }
-
-    static (double Loss, double Top1) Evaluate(Trainer trainer, IBatchSource source, ModelDefinition model, CancellationToken ct)
-    {
-        double loss = 0; long top1 = 0, n = 0;
-        foreach (var (x, y, count) in source.Epoch(0, 0, ct))
-        {
-            using var xv = OrtValue.CreateTensorValueFromMemory(x, [count, model.Channels, model.ImageSize, model.ImageSize]);
-            using var yv = OrtValue.CreateTensorValueFromMemory(y, [count]);
-            var e = trainer.EvalStep([xv], yv);
-            loss += e.Loss * count; top1 += e.Top1Correct; n += count;
-        }
-        return n == 0 ? (double.NaN, double.NaN) : (loss / n, (double)top1 / n);
     }
 
     /// <summary>Linear interpolation between closest ranks (numpy's default).</summary>

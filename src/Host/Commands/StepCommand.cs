@@ -112,15 +112,7 @@ public static class StepCommand
 
     static OrtValue ToOrt(DataType t, long[] dims, ReadOnlySpan<byte> raw)
     {
-        var et = t switch
-        {
-            DataType.Float => Microsoft.ML.OnnxRuntime.Tensors.TensorElementType.Float,
-            DataType.Float16 => Microsoft.ML.OnnxRuntime.Tensors.TensorElementType.Float16,
-            DataType.BFloat16 => Microsoft.ML.OnnxRuntime.Tensors.TensorElementType.BFloat16,
-            DataType.Double => Microsoft.ML.OnnxRuntime.Tensors.TensorElementType.Double,
-            _ => throw new NotSupportedException($"parameter type {t}"),
-        };
-        var v = OrtValue.CreateAllocatedTensorValue(OrtAllocator.DefaultInstance, et, dims);
+        var v = OrtValue.CreateAllocatedTensorValue(OrtAllocator.DefaultInstance, DeviceValues.ToOrt(t), dims);
         raw.CopyTo(v.GetTensorMutableRawData());
         return v;
     }

@@ -245,7 +245,8 @@ public sealed class TrainRun(TrainSettings s, PluginCatalog catalog, ILogger log
     /// <summary>JSON has no NaN/Infinity: a non-finite metric (diverged loss, empty split) is written as null.</summary>
     static double? Finite(double v) => double.IsFinite(v) ? v : null;
 
-    static (double Loss, double Top1, double Top5) Evaluate(Trainer trainer, IBatchSource source, ModelDefinition model, CancellationToken ct)
+    /// <summary>Mean loss, top-1 and top-5 accuracy over one pass of <paramref name="source"/>.</summary>
+    internal static (double Loss, double Top1, double Top5) Evaluate(Trainer trainer, IBatchSource source, ModelDefinition model, CancellationToken ct)
     {
         double loss = 0; long top1 = 0, top5 = 0, n = 0;
         foreach (var (x, y, count) in source.Epoch(0, 0, ct))

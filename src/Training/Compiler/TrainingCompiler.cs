@@ -286,6 +286,7 @@ public static class TrainingCompiler
         return [new ValueInfo(TrainingArtifacts.Top1, t), new ValueInfo(TrainingArtifacts.Top5, t)];
     }
 
-    static Regex Glob(string pattern) =>
+    /// <summary>A parameter-name glob ('*' any run, '?' one character) as an anchored regex; shared by every pattern option.</summary>
+    public static Regex Glob(string pattern) =>
         new("^" + Regex.Escape(pattern).Replace("\\*", ".*").Replace("\\?", ".") + "$", RegexOptions.CultureInvariant);
 }

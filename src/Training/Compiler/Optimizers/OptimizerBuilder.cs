@@ -1,4 +1,3 @@
-using System.Text.RegularExpressions;
 using OrtFinetune.Onnx;
 using OrtFinetune.Training.Compiler.Precision;
 using Attribute = OrtFinetune.Onnx.Attribute;
@@ -44,7 +43,7 @@ public sealed record OptimizerOptions
 
     public bool Decays(Tensor p) => WeightDecay > 0 && (NoDecay == null
         ? p.Dims.Length >= 2
-        : !NoDecay.Any(g => Regex.IsMatch(p.Name, "^" + Regex.Escape(g).Replace("\\*", ".*").Replace("\\?", ".") + "$")));
+        : !NoDecay.Any(g => TrainingCompiler.Glob(g).IsMatch(p.Name)));
 
     /// <summary>State tensors kept per parameter, as name suffixes.</summary>
     public string[] StateSuffixes => [.. Type switch

@@ -6,9 +6,15 @@ vit-l16 = vit_l_16, ...) and torchvision's own weight init, train mode (dropout 
 cross-entropy on random images in [-1, 1] and random labels; warm-up + N timed full steps
 (zero_grad, forward, backward, optimizer.step). Prints one JSON object on stdout.
 
-  /usr/bin/python3 bench/peers/torch_vit.py --model vit-b16 --batch-size 8 --warmup 2 --steps 5 [--precision bf16]
+  /usr/bin/python3 bench/peers/torch_vit.py --model vit-b16 --batch-size 8 --warmup 2 --steps 5 [--precision bf16] [--device cuda]
 
-Run with Debian's python3-torch (1.13) and libopenblas0-pthread.
+Precisions as Lightning Fabric's: fp32 (32-true), bf16 (bf16-mixed: autocast to bfloat16), fp16 (16-mixed:
+autocast to float16 + GradScaler; CUDA only), bf16-true / fp16-true (model, optimizer state and inputs in
+16-bit; fp16-true CUDA only). On CUDA, step times are taken after torch.cuda.synchronize() and the peak
+device memory is torch.cuda.max_memory_reserved() (what the caching allocator held: the counterpart of
+ORT's arena) and max_memory_allocated(); TF32 stays off for matmuls (PyTorch's default).
+
+Run with Debian's python3-torch (1.13) and libopenblas0-pthread on the CPU; any recent torch on CUDA.
 """
 import argparse
 import json
@@ -52,7 +58,9 @@ def main():
     p.add_argument("--classes", type=int, default=1000)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="bf16 = torch.autocast('cpu', bfloat16) (bf16-mixed)")
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16", "bf16-true", "fp16-true"], default="fp32",
+                   help="bf16/fp16 = torch.autocast (bf16-mixed/16-mixed, fp16 with GradScaler); *-true = everything in 16-bit")
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     p.add_argument("--threads", type=int, default=0, help="intra-op threads (0 = all CPUs)")
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--weight-decay", type=float, default=0.05)
@@ -68,32 +76,69 @@ def main():
     threads = a.threads or os.cpu_count()
     torch.set_num_threads(threads)
     torch.manual_seed(a.seed)
+    dev = torch.device(a.device)
+    cuda = dev.type == "cuda"
+    if a.precision in ("fp16", "fp16-true") and not cuda:
+        sys.exit(f"--precision {a.precision} needs --device cuda (no float16 autocast/matmul on the CPU in this torch)")
+    nvml = None
+    if cuda:
+        # Device-wide used memory through NVML, the way `ortfinetune benchmark` measures its own: the peak
+        # above the level before this process touched the GPU (so the CUDA context counts in both).
+        try:
+            import pynvml
+            pynvml.nvmlInit()
+            handle = pynvml.nvmlDeviceGetHandleByIndex(dev.index or 0)
+            nvml = {"handle": handle, "base": pynvml.nvmlDeviceGetMemoryInfo(handle).used, "peak": 0, "mod": pynvml}
+        except Exception as e:  # no pynvml / no NVML: the torch allocator's figures only
+            print(f"NVML not available ({e}); peak_device_used_bytes not measured", file=sys.stderr)
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
 
     model = VisionTransformer(image_size=image, patch_size=patch, num_layers=layers, num_heads=heads,
                               hidden_dim=hidden, mlp_dim=mlp, num_classes=a.classes)
+    true16 = {"bf16-true": torch.bfloat16, "fp16-true": torch.float16}.get(a.precision)
+    model = model.to(dev, dtype=true16 or torch.float32)
     model.train()
     params = sum(t.numel() for t in model.parameters())
     opt = torch.optim.AdamW(model.parameters(), lr=a.lr, weight_decay=a.weight_decay)
     loss_fn = torch.nn.CrossEntropyLoss()
-    x = torch.rand(a.batch_size, 3, image, image) * 2 - 1
-    y = torch.randint(0, a.classes, (a.batch_size,))
+    x = (torch.rand(a.batch_size, 3, image, image) * 2 - 1).to(dev, dtype=true16 or torch.float32)
+    y = torch.randint(0, a.classes, (a.batch_size,)).to(dev)
+    autocast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(a.precision)
+    scaler = None
+    if a.precision == "fp16":
+        scaler = torch.amp.GradScaler("cuda") if hasattr(torch.amp, "GradScaler") else torch.cuda.amp.GradScaler()
 
     def step():
         opt.zero_grad(set_to_none=True)
-        if a.precision == "bf16":
-            with torch.autocast("cpu", dtype=torch.bfloat16):
+        if autocast is not None:
+            with torch.autocast(dev.type, dtype=autocast):
                 loss = loss_fn(model(x), y)
         else:
             loss = loss_fn(model(x), y)
-        loss.backward()
-        opt.step()
-        return float(loss)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+        else:
+            loss.backward()
+            opt.step()
+        return float(loss)  # a host read: on CUDA it waits for the step
 
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(dev)
     warm, times, losses = [], [], []
     for i in range(a.warmup + a.steps):
+        if cuda:
+            torch.cuda.synchronize(dev)
         t0 = time.perf_counter()
         loss = step()
+        if cuda:
+            torch.cuda.synchronize(dev)
         dt = time.perf_counter() - t0
+        if nvml:
+            used = nvml["mod"].nvmlDeviceGetMemoryInfo(nvml["handle"]).used - nvml["base"]
+            nvml["peak"] = max(nvml["peak"], used)
         (warm if i < a.warmup else times).append(dt)
         if i >= a.warmup:
             losses.append(loss)
@@ -106,6 +151,10 @@ def main():
         "torch": torch.__version__, "torchvision": torchvision.__version__, "python": platform.python_version(),
         "model": name, "image_size": image, "classes": a.classes, "parameters": params,
         "batch_size": a.batch_size, "precision": a.precision, "optimizer": "adamw", "threads": threads,
+        "device": str(dev) + (f" ({torch.cuda.get_device_name(dev)})" if cuda else ""),
+        "peak_device_reserved_bytes": torch.cuda.max_memory_reserved(dev) if cuda else None,
+        "peak_device_allocated_bytes": torch.cuda.max_memory_allocated(dev) if cuda else None,
+        "peak_device_used_bytes": nvml["peak"] if nvml else None,
         "warmup_seconds": warm, "step_seconds": times,
         "median_seconds": med, "p10_seconds": percentile(s, 0.1), "p90_seconds": percentile(s, 0.9),
         "samples_per_second": a.batch_size / med,

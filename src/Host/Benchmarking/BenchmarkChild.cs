@@ -43,6 +43,7 @@ public static class BenchmarkChild
         r.TrainingNodes = compiled.TrainingModel.Graph.Nodes.Count;
         r.MatMulNodes = flops.Counted;
         r.MatMulNodes16Bit = flops.LowPrecision;
+        r.MatMulType = flops.LowPrecisionFlops > flops.Total / 2 ? TypeName(setup.Policy.ComputeType) : "float32";
         if (flops.Skipped.Count > 0) log.LogWarning("FLOP count: {Count} nodes without static shapes not counted (first: {First})", flops.Skipped.Count, flops.Skipped[0]);
         log.LogInformation("{Policy}: {Model} compiled ({Params:N0} parameters, {Nodes} training nodes), {Gflop:F2} GFLOP per step in {Counted} MatMul/Gemm/Conv nodes ({Low} in 16-bit)",
             s.Precision, s.Model, r.Parameters, compiled.TrainingModel.Graph.Nodes.Count, flops.Total / 1e9, flops.Counted, flops.LowPrecision);
@@ -147,6 +148,12 @@ public static class BenchmarkChild
         r.TestLoss = t.Loss;
         r.SkippedSteps += scaler?.SkippedSteps ?? 0;
     }
+
+    public static string TypeName(OrtFinetune.Onnx.DataType t) => t switch
+    {
+        OrtFinetune.Onnx.DataType.Float16 => "float16", OrtFinetune.Onnx.DataType.BFloat16 => "bfloat16",
+        OrtFinetune.Onnx.DataType.Double => "float64", _ => "float32",
+    };
 
     /// <summary>Linear interpolation between closest ranks (numpy's default).</summary>
     public static double Percentile(IReadOnlyList<double> sorted, double q)

@@ -14,7 +14,13 @@ public static class BenchmarkReport
 
     static readonly CultureInfo Inv = CultureInfo.InvariantCulture;
 
-    public sealed record Context(BenchmarkSpec Spec, string CommandLine, double? PeakGflops, string Device, string Cpu, string OrtVersion);
+    /// <param name="Peaks">Measured MatMul peaks by element type ("float32", "float16", "bfloat16"), GFLOP/s; empty when not measured.</param>
+    /// <param name="PeakShape">The product the peaks were measured on, e.g. "[2048x1024] x [1024x4096]".</param>
+    public sealed record Context(BenchmarkSpec Spec, string CommandLine, IReadOnlyDictionary<string, double> Peaks, string PeakShape, string Device, string Cpu, string OrtVersion);
+
+    /// <summary>The peak a policy is compared with: that of the type most of its matrix products run in (fp32 when not measured).</summary>
+    static double? PeakFor(Context c, PolicyResult r) =>
+        c.Peaks.TryGetValue(r.MatMulType, out var p) ? p : c.Peaks.TryGetValue("float32", out var f) ? f : null;
 
     /// <summary>The policy the ratios are relative to: 32-true when it was run and succeeded, else the first that did.</summary>
     public static PolicyResult? Reference(IReadOnlyList<PolicyResult> results) =>
@@ -27,10 +33,11 @@ public static class BenchmarkReport
         Directory.CreateDirectory(dir);
         var written = new List<string>();
         var refr = Reference(results);
-        foreach (var r in results.Where(r => r.Error == null && c.PeakGflops is > 0))
+        foreach (var r in results.Where(r => r.Error == null))
         {
-            r.PeakMatMulGflops = c.PeakGflops;
-            r.FractionOfPeak = r.AchievedGflops / c.PeakGflops;
+            if (PeakFor(c, r) is not double peak || peak <= 0) continue;
+            r.PeakMatMulGflops = peak;
+            r.FractionOfPeak = r.AchievedGflops / peak;
         }
 
         var json = new JsonObject
@@ -41,7 +48,8 @@ public static class BenchmarkReport
             {
                 ["device"] = c.Device, ["cpu"] = c.Cpu, ["cores"] = Environment.ProcessorCount, ["os"] = System.Runtime.InteropServices.RuntimeInformation.OSDescription,
                 ["dotnet"] = Environment.Version.ToString(), ["onnxruntime"] = c.OrtVersion,
-                ["matmul_peak_gflops"] = c.PeakGflops, ["matmul_peak_shape"] = "fp32 [2048x1024] x [1024x4096]",
+                ["matmul_peak_gflops"] = c.Peaks.TryGetValue("float32", out var fp32) ? fp32 : null,
+                ["matmul_peaks_gflops"] = JsonSerializer.SerializeToNode(c.Peaks), ["matmul_peak_shape"] = c.PeakShape,
             },
             ["settings"] = JsonSerializer.SerializeToNode(c.Spec with { Precision = "", PluginFolders = [] }, BenchmarkSpec.Json),
             ["reference_policy"] = refr?.Precision,
@@ -68,7 +76,12 @@ public static class BenchmarkReport
             File.WriteAllText(Path.Combine(dir, ProfileFile), ProfileMarkdown(c, results));
             written.Add(ProfileFile);
         }
-        written.AddRange(Charts(dir, c, results));
+        try { written.AddRange(Charts(dir, c, results)); }
+        catch (Exception e) when (e is DllNotFoundException or TypeInitializationException or EntryPointNotFoundException)
+        {
+            // Charts need SkiaSharp's native library (and fontconfig); the figures above do not.
+            Console.Error.WriteLine($"warning: charts not written ({e.GetType().Name}: {(e.InnerException ?? e).Message.Trim()})");
+        }
         return written;
     }
 
@@ -113,7 +126,10 @@ public static class BenchmarkReport
             sb.AppendLine(FormattableString.Invariant($"Speed vs {refr?.Precision}: its median step time divided by the policy's (above 1 = faster). Memory vs {refr?.Precision}: ") +
                 (cuda ? "peak device memory ratio." : "peak RSS ratio (VmHWM of the policy's process, whole process: runtime, graphs, weights, gradients, optimizer state, activations).") +
                 FormattableString.Invariant($" GFLOP/s: {r0.FlopsPerStep / 1e9:F2} GFLOP per step (2 x multiply-adds of the training graph's MatMul/Gemm/Conv nodes at batch {s.BatchSize}, shapes inferred) over the median step time; ") +
-                (c.PeakGflops is double p ? FormattableString.Invariant($"MatMul peak {p:F1} GFLOP/s measured here (one fp32 MatMul [2048x1024]x[1024x4096] on ORT, best run).") : "MatMul peak not measured."));
+                (c.Peaks.Count > 0
+                    ? "MatMul peak measured here (one MatMul " + c.PeakShape + " on ORT, best run): " + string.Join(", ", c.Peaks.Select(kv => FormattableString.Invariant($"{kv.Key} {kv.Value:F1} GFLOP/s"))) +
+                      "; each policy is compared with the peak of the type most of its products run in."
+                    : "MatMul peak not measured."));
             sb.AppendLine();
             sb.AppendLine("| policy | parameters | persistent state (MiB) | training nodes | 16-bit MatMul/Gemm/Conv | warm-up steps (s) | timed steps (s) | losses | skipped steps |");
             sb.AppendLine("|---|---|---|---|---|---|---|---|---|");

@@ -72,6 +72,8 @@ public sealed record PolicyResult
     /// <summary>MatMul/Gemm/Conv/ConvTranspose nodes of the training graph, and how many of them run in 16-bit.</summary>
     [JsonPropertyName("matmul_nodes")] public int MatMulNodes { get; set; }
     [JsonPropertyName("matmul_nodes_16bit")] public int MatMulNodes16Bit { get; set; }
+    /// <summary>The element type most of the step's matrix-product FLOPs run in: "float32", "float16" or "bfloat16".</summary>
+    public string MatMulType { get; set; } = "float32";
     public double AchievedGflops { get; set; }
     public double? PeakMatMulGflops { get; set; }
     public double? FractionOfPeak { get; set; }

@@ -11,7 +11,8 @@ namespace OrtFinetune.Host.Benchmarking;
 public static class FlopCounter
 {
     /// <param name="LowPrecision">Counted nodes whose output is float16 or bfloat16 (run in 16-bit).</param>
-    public sealed record Result(double Total, IReadOnlyDictionary<string, double> ByOpType, int Counted, IReadOnlyList<string> Skipped, int LowPrecision = 0);
+    /// <param name="LowPrecisionFlops">The FLOPs of those nodes.</param>
+    public sealed record Result(double Total, IReadOnlyDictionary<string, double> ByOpType, int Counted, IReadOnlyList<string> Skipped, int LowPrecision = 0, double LowPrecisionFlops = 0);
 
     /// <summary>Counts <paramref name="model"/> (a clone is inferred; the model is not changed) with every symbolic input dim set to <paramref name="batch"/>.</summary>
     public static Result Count(Model model, long batch)
@@ -31,6 +32,7 @@ public static class FlopCounter
         var by = new Dictionary<string, double>();
         var skipped = new List<string>();
         int counted = 0, low = 0;
+        double lowFlops = 0;
         foreach (var n in g.Nodes)
         {
             if (n.OpType is not ("MatMul" or "Gemm" or "Conv" or "ConvTranspose") || n.Domain != "") continue;
@@ -44,9 +46,9 @@ public static class FlopCounter
             if (f == null) { skipped.Add($"{n.OpType} {n.Name}"); continue; }
             by[n.OpType] = by.GetValueOrDefault(n.OpType) + f.Value;
             counted++;
-            if (g.TypeOf(n.Output(0))?.ElemType is DataType.Float16 or DataType.BFloat16) low++;
+            if (g.TypeOf(n.Output(0))?.ElemType is DataType.Float16 or DataType.BFloat16) { low++; lowFlops += f.Value; }
         }
-        return new Result(by.Values.Sum(), by, counted, skipped, low);
+        return new Result(by.Values.Sum(), by, counted, skipped, low, lowFlops);
     }
 
     static long[]? Dims(Graph g, string name)

@@ -40,17 +40,17 @@ public static class Machine
     }
 
     /// <summary>
-    /// The machine's fp32 MatMul peak as ORT reaches it: one MatMul node, A[2048x1024] x B[1024x4096]
-    /// (17.2 GFLOP), on <paramref name="device"/>, best of several runs after two warm-ups. GFLOP/s.
+    /// The machine's MatMul peak in <paramref name="type"/> as ORT reaches it: one MatMul node,
+    /// A[m x k] x B[k x n], on <paramref name="device"/>, best of several runs after two warm-ups. GFLOP/s.
     /// </summary>
-    public static double MatMulPeakGflops(DeviceSpec device, int threads, long m = 2048, long k = 1024, long n = 4096, double minSeconds = 1.0)
+    public static double MatMulPeakGflops(DeviceSpec device, int threads, long m = 2048, long k = 1024, long n = 4096, double minSeconds = 1.0, DataType type = DataType.Float)
     {
         var model = new Model();
         var g = model.Graph;
         g.Name = "matmul_peak";
-        g.Inputs.Add(new ValueInfo("A", new TensorType(DataType.Float, [new Dim(m), new Dim(k)])));
-        g.Inputs.Add(new ValueInfo("B", new TensorType(DataType.Float, [new Dim(k), new Dim(n)])));
-        g.Outputs.Add(new ValueInfo("C", new TensorType(DataType.Float, [new Dim(m), new Dim(n)])));
+        g.Inputs.Add(new ValueInfo("A", new TensorType(type, [new Dim(m), new Dim(k)])));
+        g.Inputs.Add(new ValueInfo("B", new TensorType(type, [new Dim(k), new Dim(n)])));
+        g.Outputs.Add(new ValueInfo("C", new TensorType(type, [new Dim(m), new Dim(n)])));
         g.Nodes.Add(new Node("MatMul", ["A", "B"], ["C"], "matmul"));
         using var so = device.CreateSessionOptions(threads, cpuArena: true);
         using var session = new InferenceSession(ModelIO.ToBytes(model), so);
@@ -60,11 +60,18 @@ public static class Machine
         {
             var f = new float[count];
             for (long i = 0; i < count; i++) f[i] = (float)(rng.NextDouble() - 0.5);
-            return MemoryMarshal.AsBytes(f.AsSpan()).ToArray();
+            return type switch
+            {
+                DataType.Float => MemoryMarshal.AsBytes(f.AsSpan()).ToArray(),
+                DataType.Float16 => MemoryMarshal.AsBytes(f.Select(v => (Half)v).ToArray().AsSpan()).ToArray(),
+                // bfloat16: the high half of the fp32 bits (truncation is fine for random data)
+                DataType.BFloat16 => MemoryMarshal.AsBytes(f.Select(v => (ushort)(BitConverter.SingleToUInt32Bits(v) >> 16)).ToArray().AsSpan()).ToArray(),
+                _ => throw new ArgumentException($"MatMul peak: unsupported type {type}", nameof(type)),
+            };
         }
-        using var a = dev.Upload(DataType.Float, [m, k], Random(m * k));
-        using var b = dev.Upload(DataType.Float, [k, n], Random(k * n));
-        using var c = dev.Allocate(DataType.Float, [m, n]);
+        using var a = dev.Upload(type, [m, k], Random(m * k));
+        using var b = dev.Upload(type, [k, n], Random(k * n));
+        using var c = dev.Allocate(type, [m, n]);
         using var binding = session.CreateIoBinding();
         binding.BindInput("A", a);
         binding.BindInput("B", b);

@@ -26,7 +26,12 @@ public sealed record DeviceSpec(string Kind, int Index)
         if (intraOpThreads > 0) so.IntraOpNumThreads = intraOpThreads;
         if (IsCuda)
         {
-            try { so.AppendExecutionProvider_CUDA(Index); }
+            try
+            {
+                using var cuda = new OrtCUDAProviderOptions();
+                cuda.UpdateOptions(CudaProviderOptions());
+                so.AppendExecutionProvider_CUDA(cuda);
+            }
             catch (Exception e) when (e is OnnxRuntimeException or EntryPointNotFoundException or DllNotFoundException)
             {
                 so.Dispose();
@@ -37,6 +42,21 @@ public sealed record DeviceSpec(string Kind, int Index)
         }
         return so;
     }
+
+    /// <summary>
+    /// The CUDA provider's settings: the arena grows by what is asked (ORT's default doubles its chunks,
+    /// which can hold twice the memory a step needs); TF32 off, so that fp32 products are IEEE fp32 as
+    /// PyTorch's matmul default and "32-true" mean; cuDNN picks convolution algorithms by its heuristics
+    /// (an exhaustive search costs seconds per shape and memory for workspaces).
+    /// </summary>
+    public Dictionary<string, string> CudaProviderOptions() => new()
+    {
+        ["device_id"] = Index.ToString(System.Globalization.CultureInfo.InvariantCulture),
+        ["arena_extend_strategy"] = "kSameAsRequested",
+        ["use_tf32"] = "0",
+        ["cudnn_conv_algo_search"] = "HEURISTIC",
+        ["do_copy_in_default_stream"] = "1",
+    };
 
     public OrtMemoryInfo MemoryInfo() => IsCuda
         ? new OrtMemoryInfo(OrtMemoryInfo.allocatorCUDA, OrtAllocatorType.ArenaAllocator, Index, OrtMemType.Default)

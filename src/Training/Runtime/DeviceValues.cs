@@ -47,6 +47,45 @@ public sealed class DeviceValues : IDisposable
     /// <summary>An uninitialized tensor in device memory.</summary>
     public OrtValue Allocate(DataType t, long[] shape) => OrtValue.CreateAllocatedTensorValue(_allocator, ToOrt(t), shape);
 
+    /// <summary>
+    /// One zeroed block of device memory for <paramref name="elements"/> values of <paramref name="t"/>, and a
+    /// flat 1-D tensor over it. Tensors made by <see cref="View"/> share the block; dispose them before it.
+    /// </summary>
+    public (OrtMemoryAllocation Memory, OrtValue Flat) AllocateFlat(DataType t, long elements)
+    {
+        long bytes = elements * t.SizeOf();
+        if (bytes <= 0 || bytes > uint.MaxValue) throw new TrainingException($"a flat buffer of {bytes} bytes cannot be allocated (1 byte to 4 GiB)");
+        var mem = _allocator.Allocate((uint)bytes);
+        var flat = View(mem, 0, t, [elements]);
+        if (!_device.IsCuda) flat.GetTensorMutableRawData().Clear();
+        else
+        {
+            using var zeros = OrtValue.CreateAllocatedTensorValue(OrtAllocator.DefaultInstance, ToOrt(t), [elements]);
+            zeros.GetTensorMutableRawData().Clear();
+            Copy(t, zeros, flat);
+        }
+        return (mem, flat);
+    }
+
+    /// <summary>A tensor over elements [offset, offset + product(shape)) of a block from <see cref="AllocateFlat"/> (no copy).</summary>
+    public OrtValue View(OrtMemoryAllocation memory, long offsetElements, DataType t, long[] shape)
+    {
+        long count = shape.Aggregate(1L, (a, b) => a * b);
+        long start = offsetElements * t.SizeOf(), bytes = count * t.SizeOf();
+        if (offsetElements < 0 || start + bytes > memory.Size)
+            throw new TrainingException($"a view of {bytes} bytes at {start} does not fit a block of {memory.Size} bytes");
+        return OrtValue.CreateTensorValueWithData(_memInfo, ToOrt(t), shape, memory.DangerousGetHandle() + (nint)start, bytes);
+    }
+
+    /// <summary>Writes these little-endian bytes into an existing device tensor of that type and shape.</summary>
+    public void UploadInto(DataType t, long[] shape, ReadOnlySpan<byte> bytes, OrtValue dst)
+    {
+        if (!_device.IsCuda) { bytes.CopyTo(dst.GetTensorMutableRawData()); return; }
+        using var host = OrtValue.CreateAllocatedTensorValue(OrtAllocator.DefaultInstance, ToOrt(t), shape);
+        bytes.CopyTo(host.GetTensorMutableRawData());
+        Copy(t, host, dst);
+    }
+
     /// <summary>A device tensor holding these little-endian bytes.</summary>
     public OrtValue Upload(DataType t, long[] shape, ReadOnlySpan<byte> bytes)
     {

@@ -45,6 +45,7 @@ public sealed class Trainer : IDisposable
     readonly List<OrtValue> _grads = new();
     readonly List<(string Name, DataType Type, long[] Shape, OrtValue Value)> _buffers = new();
     readonly List<(string Name, DataType Type, long[] Shape, OrtValue Value)> _states = new();
+    readonly List<FlatBucket> _buckets = new();
     readonly OrtValue _lazyReset, _lr, _step, _gradScale, _lossScale;
     readonly OrtValue _loss, _top1, _top5, _evalLoss, _allFinite, _gradNorm;
     readonly bool _metrics;
@@ -92,21 +93,57 @@ public sealed class Trainer : IDisposable
         }
         _dev = new DeviceValues(_o.Device, _train);
 
-        foreach (var p in parameters)
+        var optimInputs = optimizer.Graph.Inputs.Select(i => i.Name).ToHashSet();
+        string[] suffixes = ["momentum_buffer", "exp_avg", "exp_avg_sq", OptimizerBuilder.KahanSuffix];
+        IReadOnlyList<OptimizerBucket> buckets;
+        try { buckets = OptimizerBucket.Read(optimizer); }
+        catch (CompileException e) { throw new TrainingException(e.Message, e); }
+        if (buckets.Count > 0)
         {
-            _params.Add((p.Name, p.Type, p.Dims, _dev.Upload(p.Type, p.Dims, p.RawData.Span)));
-            _grads.Add(_dev.Zeros(p.Type, p.Dims));
+            // Flat buffers per bucket (parameters, gradients, each state); every parameter's tensors are views into them.
+            var place = new Dictionary<string, (OptimizerBucket Bucket, BucketMember Member, int Index)>();
+            var byName = parameters.ToDictionary(p => p.Name);
+            foreach (var b in buckets)
+            {
+                if (!optimInputs.Contains(b.Name)) throw new TrainingException($"the optimizer model's bucket '{b.Name}' is not one of its inputs; recompile the artifacts");
+                var flat = new FlatBucket(b, Alloc(b), Alloc(b), suffixes.Where(x => optimInputs.Contains(OptimizerBuilder.StateName(b.Name, x))).ToDictionary(x => x, _ => Alloc(b)));
+                _buckets.Add(flat);
+                foreach (var mb in b.Members)
+                {
+                    if (!byName.TryGetValue(mb.Param, out var p) || p.Type != b.Type || p.ElementCount != mb.Count)
+                        throw new TrainingException($"the optimizer model's bucket '{b.Name}' lists '{mb.Param}' ({b.Type}, {mb.Count} elements), which this model's parameters do not match; recompile the artifacts");
+                    place[mb.Param] = (b, mb, _buckets.Count - 1);
+                }
+            }
+            foreach (var p in parameters)
+            {
+                if (!place.TryGetValue(p.Name, out var at)) throw new TrainingException($"the optimizer model does not update parameter '{p.Name}'; recompile the artifacts");
+                var fb = _buckets[at.Index];
+                var view = _dev.View(fb.Params.Memory, at.Member.Offset, p.Type, p.Dims);
+                _dev.UploadInto(p.Type, p.Dims, p.RawData.Span, view);
+                _params.Add((p.Name, p.Type, p.Dims, view));
+                _grads.Add(_dev.View(fb.Grads.Memory, at.Member.Offset, p.Type, p.Dims));
+                foreach (var (suffix, st) in fb.States)
+                    _states.Add((OptimizerBuilder.StateName(p.Name, suffix), p.Type, p.Dims, _dev.View(st.Memory, at.Member.Offset, p.Type, p.Dims)));
+            }
+        }
+        else
+        {
+            foreach (var p in parameters)
+            {
+                _params.Add((p.Name, p.Type, p.Dims, _dev.Upload(p.Type, p.Dims, p.RawData.Span)));
+                _grads.Add(_dev.Zeros(p.Type, p.Dims));
+            }
+            foreach (var p in parameters)
+                foreach (var suffix in suffixes)
+                {
+                    var name = OptimizerBuilder.StateName(p.Name, suffix);
+                    if (optimInputs.Contains(name)) _states.Add((name, p.Type, p.Dims, _dev.Zeros(p.Type, p.Dims)));
+                }
+            foreach (var p in parameters)
+                if (!optimInputs.Contains(p.Name)) throw new TrainingException($"the optimizer model does not update parameter '{p.Name}'; recompile the artifacts");
         }
         foreach (var bt in buffers) _buffers.Add((bt.Name, bt.Type, bt.Dims, _dev.Upload(bt.Type, bt.Dims, bt.RawData.Span)));
-        var optimInputs = optimizer.Graph.Inputs.Select(i => i.Name).ToHashSet();
-        foreach (var p in parameters)
-            foreach (var suffix in new[] { "momentum_buffer", "exp_avg", "exp_avg_sq", OptimizerBuilder.KahanSuffix })
-            {
-                var name = OptimizerBuilder.StateName(p.Name, suffix);
-                if (optimInputs.Contains(name)) _states.Add((name, p.Type, p.Dims, _dev.Zeros(p.Type, p.Dims)));
-            }
-        foreach (var p in parameters)
-            if (!optimInputs.Contains(p.Name)) throw new TrainingException($"the optimizer model does not update parameter '{p.Name}'; recompile the artifacts");
 
         _lazyReset = OrtValue.CreateTensorValueFromMemory(new[] { true }, []);
         _lr = OrtValue.CreateTensorValueFromMemory(new[] { LearningRate }, []);
@@ -159,19 +196,39 @@ public sealed class Trainer : IDisposable
         _optimBinding.BindInput(OptimizerBuilder.LearningRate, _lr);
         _optimBinding.BindInput(OptimizerBuilder.Step, _step);
         _optimBinding.BindInput(OptimizerBuilder.GradScale, _gradScale);
-        for (int i = 0; i < _params.Count; i++)
+        if (_buckets.Count > 0)
+            foreach (var fb in _buckets)
+            {
+                BindInPlace(fb.Bucket.Name, fb.Params.Flat);
+                _optimBinding.BindInput(fb.Bucket.Name + "_grad", fb.Grads.Flat);
+                foreach (var (suffix, st) in fb.States) BindInPlace(OptimizerBuilder.StateName(fb.Bucket.Name, suffix), st.Flat);
+            }
+        else
         {
-            _optimBinding.BindInput(_params[i].Name, _params[i].Value);
-            _optimBinding.BindInput(_params[i].Name + "_grad", _grads[i]);
-            _optimBinding.BindOutput(OptimizerBuilder.Updated(_params[i].Name), _params[i].Value);
-        }
-        foreach (var s in _states)
-        {
-            _optimBinding.BindInput(s.Name, s.Value);
-            _optimBinding.BindOutput(OptimizerBuilder.Updated(s.Name), s.Value);
+            for (int i = 0; i < _params.Count; i++)
+            {
+                BindInPlace(_params[i].Name, _params[i].Value);
+                _optimBinding.BindInput(_params[i].Name + "_grad", _grads[i]);
+            }
+            foreach (var s in _states) BindInPlace(s.Name, s.Value);
         }
         _optimBinding.BindOutput(OptimizerBuilder.AllFinite, _allFinite);
         _optimBinding.BindOutput(OptimizerBuilder.GradNorm, _gradNorm);
+
+        void BindInPlace(string name, OrtValue v)
+        {
+            _optimBinding.BindInput(name, v);
+            _optimBinding.BindOutput(OptimizerBuilder.Updated(name), v);
+        }
+        (OrtMemoryAllocation Memory, OrtValue Flat) Alloc(OptimizerBucket b) => _dev.AllocateFlat(b.Type, b.Elements);
+    }
+
+    /// <summary>A bucket's flat buffers: parameters, gradients and each optimizer state (by suffix).</summary>
+    sealed record FlatBucket(OptimizerBucket Bucket, (OrtMemoryAllocation Memory, OrtValue Flat) Params, (OrtMemoryAllocation Memory, OrtValue Flat) Grads,
+        Dictionary<string, (OrtMemoryAllocation Memory, OrtValue Flat)> States)
+    {
+        public IEnumerable<(OrtMemoryAllocation Memory, OrtValue Flat)> All => States.Values.Prepend(Grads).Prepend(Params);
+        public long Bytes => All.Sum(x => (long)x.Memory.Size);
     }
 
     bool IsBound(string output, bool training) =>
@@ -298,7 +355,8 @@ public sealed class Trainer : IDisposable
 
     /// <summary>Bytes held for the whole run: parameters, gradients, optimizer state, buffers.</summary>
     public long PersistentBytes =>
-        _params.Sum(p => Bytes(p.Type, p.Shape)) * 2 + _states.Sum(s => Bytes(s.Type, s.Shape)) + _buffers.Sum(b => Bytes(b.Type, b.Shape));
+        (_buckets.Count > 0 ? _buckets.Sum(b => b.Bytes) : _params.Sum(p => Bytes(p.Type, p.Shape)) * 2 + _states.Sum(s => Bytes(s.Type, s.Shape)))
+        + _buffers.Sum(b => Bytes(b.Type, b.Shape));
 
     static long Bytes(DataType t, long[] shape) => shape.Aggregate(1L, (a, b) => a * b) * t.SizeOf();
 
@@ -382,6 +440,7 @@ public sealed class Trainer : IDisposable
     {
         _trainBinding.Dispose(); _evalBinding.Dispose(); _optimBinding.Dispose();
         foreach (var v in _params.Select(p => p.Value).Concat(_grads).Concat(_buffers.Select(b => b.Value)).Concat(_states.Select(s => s.Value))) v.Dispose();
+        foreach (var (memory, flat) in _buckets.SelectMany(b => b.All)) { flat.Dispose(); memory.Dispose(); }
         foreach (var v in new[] { _lazyReset, _lr, _step, _gradScale, _lossScale, _loss, _top1, _top5, _evalLoss, _allFinite, _gradNorm }) v.Dispose();
         _dev.Dispose();
         _train.Dispose(); _eval.Dispose(); _optim.Dispose();

@@ -196,10 +196,31 @@ public class TrainerTests(ITestOutputHelper log) : IDisposable
     [Fact]
     public void PersistentMemoryIsOneBufferPerParameterGradientAndMoment()
     {
-        using var t = Trainer.Load(CompileTo("memory"));
-        long paramBytes = TinyModels.ConvNet(7).Graph.Initializers.Values.Sum(p => p.RawData.Length);
+        var initializers = TinyModels.ConvNet(7).Graph.Initializers.Values.ToList();
+        long paramBytes = initializers.Sum(p => p.RawData.Length);
         // AdamW: weights + gradients + two moments = 4x the parameters, as in PyTorch.
-        Assert.Equal(4 * paramBytes, t.PersistentBytes);
+        using (var t = Trainer.Load(CompileTo("memory", new OptimizerOptions { Type = "adamw", WeightDecay = 0.01, BucketBytes = 0 })))
+            Assert.Equal(4 * paramBytes, t.PersistentBytes);
+        // In buckets (the default) each member starts on a 256-byte boundary; nothing else is added.
+        using (var t = Trainer.Load(CompileTo("memory-buckets")))
+            Assert.Equal(4 * initializers.Sum(p => (p.RawData.Length + 255L) / 256 * 256), t.PersistentBytes);
+    }
+
+    [Fact]
+    public void BucketedAndPerParameterOptimizersTrainTheSame()
+    {
+        // Same artifacts but the optimizer graph: a few SGD-momentum steps must give the same weights.
+        using var a = Trainer.Load(CompileTo("per-param", new OptimizerOptions { Type = "sgd", Momentum = 0.9, WeightDecay = 0.01, BucketBytes = 0 }));
+        using var b = Trainer.Load(CompileTo("bucketed", new OptimizerOptions { Type = "sgd", Momentum = 0.9, WeightDecay = 0.01, BucketBytes = 256 }));
+        var (images, labels) = TinyModels.Bars(4, 11);
+        var (x, y) = Batch(images, labels, 0, 4);
+        foreach (var t in new[] { a, b })
+        {
+            t.SetLearningRate(0.05f);
+            for (int i = 0; i < 3; i++) { t.LazyResetGrad(); t.TrainStep([x], y); t.OptimizerStep(); }
+        }
+        foreach (var name in a.ParameterNames)
+            Assert.Equal(a.GetParameter(name).ToFloats(), b.GetParameter(name).ToFloats());
     }
 
     [Fact]

@@ -29,6 +29,12 @@ public sealed record OptimizerOptions
     public IReadOnlyList<string>? NoDecay { get; init; }
     /// <summary>How updates are stored: rounded to nearest, or Kahan-compensated (one extra state tensor per parameter, in its dtype).</summary>
     public Abstractions.UpdateRounding Rounding { get; init; } = Abstractions.UpdateRounding.Nearest;
+    /// <summary>
+    /// Parameters of one dtype and weight-decay setting are updated together, as flat buckets of up to this
+    /// many bytes (torch.optim's "foreach" idea): a few dozen kernels per step instead of a dozen per
+    /// parameter, which is what a GPU step of a large model is bound by. 0 = one update chain per parameter.
+    /// </summary>
+    public long BucketBytes { get; init; } = OptimizerBuilder.DefaultBucketBytes;
 
     public void Validate()
     {
@@ -39,6 +45,7 @@ public sealed record OptimizerOptions
         if (Eps <= 0) throw new CompileException($"eps {Eps} must be > 0");
         if (WeightDecay < 0) throw new CompileException($"weight decay {WeightDecay} must be >= 0");
         if (MaxGradNorm is <= 0) throw new CompileException($"max gradient norm {MaxGradNorm} must be > 0");
+        if (BucketBytes < 0) throw new CompileException($"bucket size {BucketBytes} bytes must be >= 0");
     }
 
     public bool Decays(Tensor p) => WeightDecay > 0 && (NoDecay == null
@@ -51,6 +58,83 @@ public sealed record OptimizerOptions
         "sgd" => Momentum > 0 ? new[] { "momentum_buffer" } : [],
         _ => new[] { "exp_avg", "exp_avg_sq" },
     }, .. Rounding == Abstractions.UpdateRounding.Kahan ? new[] { OptimizerBuilder.KahanSuffix } : []];
+}
+
+/// <summary>One parameter's place in a bucket: elements [Offset, Offset + Count) of the flat buffers.</summary>
+public sealed record BucketMember(string Param, long Offset, long Count);
+
+/// <summary>
+/// Parameters updated as one flat tensor: the optimizer graph's inputs are the bucket's flat buffers
+/// (<c>Name</c>, <c>Name_grad</c>, <c>Name.exp_avg</c>, ...), and the runtime keeps each member's
+/// parameter, gradient and state as a view into them. Gaps between members (alignment) hold zeros,
+/// which every optimizer leaves at zero.
+/// </summary>
+public sealed record OptimizerBucket(string Name, DataType Type, bool Decays, long Elements, IReadOnlyList<BucketMember> Members)
+{
+    /// <summary>Member offsets are multiples of this many bytes (CUDA's allocation alignment).</summary>
+    public const int AlignmentBytes = 256;
+
+    /// <summary>
+    /// Groups parameters by (dtype, weight decay) in their order and fills buckets up to <paramref name="maxBytes"/>
+    /// (a larger parameter gets a bucket of its own).
+    /// </summary>
+    public static List<OptimizerBucket> Plan(IReadOnlyList<Tensor> parameters, OptimizerOptions o, long maxBytes)
+    {
+        var buckets = new List<OptimizerBucket>();
+        foreach (var group in parameters.GroupBy(p => (p.Type, Decays: o.Decays(p))))
+        {
+            var members = new List<BucketMember>();
+            long size = 0;
+            long align = Math.Max(1, AlignmentBytes / group.Key.Type.SizeOf());
+            void Close()
+            {
+                if (members.Count == 0) return;
+                buckets.Add(new OptimizerBucket($"optimizer_bucket_{buckets.Count}", group.Key.Type, group.Key.Decays, size, members));
+                members = new List<BucketMember>();
+                size = 0;
+            }
+            foreach (var p in group)
+            {
+                long n = p.ElementCount;
+                if (members.Count > 0 && (size + n) * group.Key.Type.SizeOf() > maxBytes) Close();
+                members.Add(new BucketMember(p.Name, size, n));
+                size += (n + align - 1) / align * align;
+            }
+            Close();
+        }
+        return buckets;
+    }
+
+    public const string MetadataKey = "ortfinetune.optimizer_buckets";
+
+    static readonly System.Text.Json.JsonSerializerOptions Json = new() { PropertyNamingPolicy = System.Text.Json.JsonNamingPolicy.SnakeCaseLower };
+
+    /// <summary>Type: the ONNX TensorProto data type number.</summary>
+    sealed record Dto(string Name, int Type, bool Decays, long Elements, List<BucketMember> Members);
+
+    public static string ToJson(IEnumerable<OptimizerBucket> buckets) =>
+        System.Text.Json.JsonSerializer.Serialize(buckets.Select(b => new Dto(b.Name, (int)b.Type, b.Decays, b.Elements, b.Members.ToList())), Json);
+
+    /// <summary>The buckets an optimizer model updates; empty for a per-parameter optimizer model.</summary>
+    public static IReadOnlyList<OptimizerBucket> Read(Model optimizer)
+    {
+        if (!optimizer.Metadata.TryGetValue(MetadataKey, out var text)) return [];
+        try
+        {
+            var dtos = System.Text.Json.JsonSerializer.Deserialize<List<Dto>>(text, Json) ?? [];
+            var buckets = dtos.Select(d => new OptimizerBucket(d.Name, (DataType)d.Type, d.Decays, d.Elements, d.Members)).ToList();
+            foreach (var b in buckets)
+            {
+                if (!((DataType)b.Type).IsFloat() || b.Elements <= 0 || b.Members.Any(x => x.Offset < 0 || x.Count <= 0 || x.Offset + x.Count > b.Elements))
+                    throw new CompileException($"the optimizer model's bucket '{b.Name}' is not valid (type {b.Type}, {b.Elements} elements)");
+            }
+            return buckets;
+        }
+        catch (Exception e) when (e is System.Text.Json.JsonException or NotSupportedException or ArgumentException)
+        {
+            throw new CompileException($"the optimizer model's '{MetadataKey}' metadata is not valid ({e.Message})");
+        }
+    }
 }
 
 /// <summary>
@@ -78,12 +162,25 @@ public static class OptimizerBuilder
     /// </summary>
     public static Model Build(IReadOnlyList<Tensor> parameters, OptimizerOptions o, long opset = 17, IKernelAvailability? kernels = null)
     {
-        var m = BuildGraph(parameters, o, opset);
+        o.Validate();
+        Model m;
+        if (o.BucketBytes > 0 && parameters.Count > 0)
+        {
+            var buckets = OptimizerBucket.Plan(parameters, o, o.BucketBytes);
+            m = BuildGraph(buckets.Select(b => new Slot(b.Name, b.Type, new TensorType(b.Type, [new Dim(b.Elements)]), b.Decays)).ToList(), o, opset);
+            m.Metadata[OptimizerBucket.MetadataKey] = OptimizerBucket.ToJson(buckets);
+        }
+        else m = BuildGraph(parameters.Select(p => new Slot(p.Name, p.Type, p.TensorType, o.Decays(p))).ToList(), o, opset);
         if (kernels != null) KernelFallback.Apply(m, kernels);
         return m;
     }
 
-    static Model BuildGraph(IReadOnlyList<Tensor> parameters, OptimizerOptions o, long opset)
+    /// <summary>What the graph updates: a parameter, or a bucket of them as one flat tensor.</summary>
+    sealed record Slot(string Name, DataType Type, TensorType TensorType, bool Decays);
+
+    public const long DefaultBucketBytes = 64L << 20;
+
+    static Model BuildGraph(IReadOnlyList<Slot> parameters, OptimizerOptions o, long opset)
     {
         o.Validate();
         var m = new Model();
@@ -142,7 +239,7 @@ public static class OptimizerBuilder
             var pIn = In(p.Name);
             var lr = Conv(LearningRate);
             var grad = b.Mul(In(p.Name + "_grad"), Conv(factor));
-            bool decay = o.Decays(p);
+            bool decay = p.Decays;
             string newP;
             var newStates = new List<(string Input, string Value)>();
             if (o.Type == "sgd")

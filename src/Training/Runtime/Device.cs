@@ -31,6 +31,7 @@ public sealed record DeviceSpec(string Kind, int Index)
                 using var cuda = new OrtCUDAProviderOptions();
                 cuda.UpdateOptions(CudaProviderOptions());
                 so.AppendExecutionProvider_CUDA(cuda);
+                if (SharedCudaArena()) so.AddSessionConfigEntry("session.use_env_allocators", "1");
             }
             catch (Exception e) when (e is OnnxRuntimeException or EntryPointNotFoundException or DllNotFoundException)
             {
@@ -57,6 +58,38 @@ public sealed record DeviceSpec(string Kind, int Index)
         ["cudnn_conv_algo_search"] = "HEURISTIC",
         ["do_copy_in_default_stream"] = "1",
     };
+
+    static readonly Dictionary<int, bool> SharedArenas = new();
+
+    /// <summary>
+    /// One CUDA memory arena per device for the whole process, registered with ORT's environment, which
+    /// every session of this device uses: the training, evaluation and optimizer sessions (and the
+    /// trainer's persistent buffers) then draw from one pool, instead of each session's own arena
+    /// keeping its own high-water mark. Falls back to per-session arenas (false) where ORT refuses it,
+    /// or when ORTFINETUNE_CUDA_SHARED_ARENA=0.
+    /// </summary>
+    bool SharedCudaArena()
+    {
+        if (Environment.GetEnvironmentVariable("ORTFINETUNE_CUDA_SHARED_ARENA") == "0") return false;
+        lock (SharedArenas)
+        {
+            if (SharedArenas.TryGetValue(Index, out var ok)) return ok;
+            try
+            {
+                using var info = MemoryInfo();
+                // max_mem 0 (ORT's default), arena_extend_strategy 1 (kSameAsRequested), the rest ORT's defaults.
+                using var arena = new OrtArenaCfg(0, 1, -1, -1);
+                OrtEnv.Instance().CreateAndRegisterAllocator("CUDAExecutionProvider", info, arena, CudaProviderOptions());
+                ok = true;
+            }
+            catch (OnnxRuntimeException e)
+            {
+                Console.Error.WriteLine($"warning: no shared CUDA arena for {this} ({e.Message.Trim()}); each session keeps its own");
+                ok = false;
+            }
+            return SharedArenas[Index] = ok;
+        }
+    }
 
     public OrtMemoryInfo MemoryInfo() => IsCuda
         ? new OrtMemoryInfo(OrtMemoryInfo.allocatorCUDA, OrtAllocatorType.ArenaAllocator, Index, OrtMemType.Default)

@@ -151,7 +151,12 @@ public static class TrainingCompiler
             var lossT = g.TypeOf(TrainingArtifacts.LossOutput)!.ElemType;
             seed = lossT == DataType.Float ? TrainingArtifacts.LossScaleInput : b.Cast(TrainingArtifacts.LossScaleInput, lossT);
         }
+        // Composite patterns whose gradient needs fewer forward values than their nodes' rules would keep
+        // (erf GELU: x alone): fused for autodiff only, the forward keeps the model's own nodes.
+        var gelus = (registry ?? GradientRegistry.Default).Find(Fusion.ErfGeluFusion.Domain, Fusion.ErfGeluFusion.OpType) != null
+            ? Fusion.ErfGeluFusion.Fuse(g) : new Fusion.ErfGeluFusion.Fused();
         var grads = Autodiff.Autodiff.Differentiate(g, opset, TrainingArtifacts.LossOutput, parameters, registry, seed);
+        Fusion.ErfGeluFusion.Unfuse(g, gelus);
         var accInputs = new List<ValueInfo>();
         if (options.GradientAccumulation)
         {
@@ -213,6 +218,8 @@ public static class TrainingCompiler
             KernelFallback.Apply(train, options.Kernels, options.FoldFallbackRoundTrips);
             KernelFallback.Apply(eval, options.Kernels, options.FoldFallbackRoundTrips);
         }
+        // Last: ORT runs a graph depth-first from its leaves, not in file order (see OrtNodeOrder).
+        Scheduling.OrtNodeOrder.ForDepthFirstExecution(train.Graph);
         if (options.Precision != null) train.Metadata["ortfinetune.precision"] = eval.Metadata["ortfinetune.precision"] = options.Precision.Name;
         return new TrainingArtifacts
         {

@@ -169,9 +169,9 @@ public static class TrainingCompiler
                 producer.Outputs[producer.Outputs.IndexOf(grads[i])] = fresh;
                 var buffer = TrainingArtifacts.AccumulationBuffer(parameters[i]);
                 accInputs.Add(new ValueInfo(buffer, paramTensors[i].TensorType));
-                // Placed right after the node producing this step's gradient: ORT runs nodes in graph order,
-                // so the fresh gradient is folded into the buffer and freed at once instead of every
-                // parameter's fresh gradient staying alive until the end of backward.
+                // Placed right after the node producing this step's gradient (ORT runs it as soon as its inputs
+                // are there, see Scheduling.OrtNodeOrder), so the fresh gradient is folded into the buffer and
+                // freed at once instead of every parameter's fresh gradient staying alive until the end of backward.
                 int at = g.Nodes.IndexOf(producer) + 1;
                 var add = new Node("Add", [buffer, fresh], [b.Unique(grads[i] + "/sum")], b.Unique("accumulate/Add"));
                 var where = new Node("Where", [TrainingArtifacts.LazyResetGrad, fresh, add.Outputs[0]], [grads[i]], b.Unique("accumulate"));

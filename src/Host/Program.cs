@@ -7,6 +7,8 @@ public static class Program
 {
     public static int Main(string[] args)
     {
+        // Large buffers (activations with ORT's CPU arena off) mapped one by one, so freed ones leave the resident set.
+        OrtFinetune.Training.Runtime.HostMemory.MapLargeAllocations();
         var pluginDirs = new Option<string[]>("--plugins-dir") { Description = "Plugin folders (default: Plugins:Folders in appsettings.json, else plugins/ next to the executable)", Recursive = true, AllowMultipleArgumentsPerToken = true };
         var root = new RootCommand("OrtFinetune: compile ONNX models into training graphs and finetune them on ONNX Runtime.") { pluginDirs };
         root.Subcommands.Add(CompileCommand.Create());

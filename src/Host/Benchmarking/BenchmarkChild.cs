@@ -58,6 +58,7 @@ public static class BenchmarkChild
         using var x = OrtValue.CreateTensorValueFromMemory(pixels, dims);
         using var y = OrtValue.CreateTensorValueFromMemory(labelData, [s.BatchSize]);
 
+        MemNote(log, "compiled");
         var options = new TrainerOptions { Device = device, IntraOpThreads = s.Threads, CpuMemArena = s.CpuArena };
         using (var trainer = new Trainer(compiled.TrainingModel, compiled.EvalModel, setup.Optimizer, compiled.Parameters, compiled.Buffers, options))
         {
@@ -67,8 +68,9 @@ public static class BenchmarkChild
                 setup = setup with { Model = setup.Model with { Forward = new OrtFinetune.Onnx.Model() }, Artifacts = null! };
                 compiled = null!;
                 model = setup.Model;
-                GC.Collect();
+                HostMemory.Release();
             }
+            MemNote(log, "trainer ready");
             r.SetupSeconds = setupClock.Elapsed.TotalSeconds;
             r.PersistentStateBytes = trainer.PersistentBytes;
             trainer.SetLearningRate((float)s.Lr);
@@ -86,6 +88,7 @@ public static class BenchmarkChild
                 gpu?.Sample();
                 if (i < s.Warmup) r.WarmupSeconds.Add(sec);
                 else { r.StepSeconds.Add(sec); r.StepLosses.Add(step.Loss); }
+                MemNote(log, "after step");
                 log.LogInformation("{Policy} {Kind} step {N}: {Seconds:F3} s, loss {Loss:F4}", s.Precision, i < s.Warmup ? "warm-up" : "timed", i < s.Warmup ? i + 1 : i - s.Warmup + 1, sec, step.Loss);
             }
             r.SkippedSteps = scaler?.SkippedSteps ?? 0;
@@ -111,6 +114,21 @@ public static class BenchmarkChild
             File.WriteAllText(Path.Combine(dir, "by_op_type.md"), profile.ToMarkdown(Math.Max(1, s.Steps)));
         }
         return r;
+    }
+
+    /// <summary>Debug log: resident memory (Linux) and the GC's heap and committed bytes at a point of the run.</summary>
+    static void MemNote(ILogger log, string where)
+    {
+        if (!log.IsEnabled(LogLevel.Debug)) return;
+        string status = "";
+        try
+        {
+            status = string.Join(", ", File.ReadLines("/proc/self/status").Where(l => l.StartsWith("VmRSS", StringComparison.Ordinal) || l.StartsWith("VmHWM", StringComparison.Ordinal))
+                .Select(l => string.Join(' ', l.Split((char[])[' ', '\t'], StringSplitOptions.RemoveEmptyEntries)))) + "; ";
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException) { }
+        var gi = GC.GetGCMemoryInfo();
+        log.LogDebug("memory {Where}: {Status}GC heap {Heap} MiB, committed {Committed} MiB", where, status, gi.HeapSizeBytes >> 20, gi.TotalCommittedBytes >> 20);
     }
 
     /// <summary>Full epochs on the dataset with a fresh trainer (the timed steps trained on noise), validation after each, test at the end.</summary>

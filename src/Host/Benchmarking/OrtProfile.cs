@@ -84,11 +84,14 @@ public static class ProfileRunner
         var profile = new OpProfile();
         var parameters = compiled.Parameters.Concat(compiled.Buffers).ToDictionary(t => t.Name);
         var tg = compiled.TrainingModel.Graph;
-        using var so = device.CreateSessionOptions(threads, cpuArena);
+        using var so = device.CreateTrainingSessionOptions(threads, cpuArena);
         // The C# binding passes the prefix to ORT when EnableProfiling is set: prefix first, then enable.
         so.ProfileOutputPathPrefix = Path.Combine(dir, "train");
         so.EnableProfiling = true;
+        var optimizedPath = Path.Combine(dir, "train_optimized.onnx");
+        so.OptimizedModelFilePath = optimizedPath;
         using var train = new InferenceSession(ModelIO.ToBytes(compiled.TrainingModel), so);
+        so.OptimizedModelFilePath = "";
         so.EnableProfiling = false;
         so.ProfileOutputPathPrefix = Path.Combine(dir, "optimizer");
         so.EnableProfiling = true;
@@ -151,6 +154,14 @@ public static class ProfileRunner
             var of = optim.EndProfiling();
             profile.Add(tf);
             profile.Add(of, "optimizer: ");
+            // Which activations are resident at the training step's peak (liveness over ORT's execution order).
+            try
+            {
+                var liveness = LivenessReport.FromProfile(tf, ModelIO.Load(optimizedPath));
+                File.WriteAllText(Path.Combine(dir, "liveness.md"), liveness.ToMarkdown());
+                log?.Invoke(FormattableString.Invariant($"resident activations at the step's peak: {liveness.PeakBytes / 1048576.0:F0} MiB (liveness.md)"));
+            }
+            catch (Exception e) when (e is IOException or OnnxFormatException or JsonException or KeyNotFoundException) { log?.Invoke($"no liveness report: {e.Message}"); }
         }
         return profile;
     }

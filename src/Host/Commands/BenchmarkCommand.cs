@@ -185,7 +185,9 @@ public static class BenchmarkCommand
         cmd.SetAction((r, ct) =>
         {
             var s = JsonSerializer.Deserialize<BenchmarkSpec>(File.ReadAllText(r.GetValue(spec)!), BenchmarkSpec.Json)!;
-            using var factory = LoggerFactory.Create(b => b.AddSimpleConsole(o => { o.SingleLine = true; o.TimestampFormat = "HH:mm:ss "; })
+            // ORTFINETUNE_BENCHMARK_LOG_LEVEL=Debug adds the child's memory notes (resident set and GC heap per phase).
+            var level = Enum.TryParse<LogLevel>(Environment.GetEnvironmentVariable("ORTFINETUNE_BENCHMARK_LOG_LEVEL"), true, out var l) ? l : LogLevel.Information;
+            using var factory = LoggerFactory.Create(b => b.SetMinimumLevel(level).AddSimpleConsole(o => { o.SingleLine = true; o.TimestampFormat = "HH:mm:ss "; })
                 .AddConsole(o => o.LogToStandardErrorThreshold = LogLevel.Trace)
                 .AddFilter("plugins", LogLevel.Warning));
             var log = factory.CreateLogger("benchmark");

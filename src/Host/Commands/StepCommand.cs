@@ -58,7 +58,7 @@ public static class StepCommand
             }
             parameters.Clear();
             graph = null;
-            GC.Collect();
+            HostMemory.Release();
             var names = feeds.Keys.ToArray();
             var values = names.Select(k => feeds[k]).ToArray();
             var outputs = session.OutputNames.ToArray();

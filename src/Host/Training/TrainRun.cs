@@ -91,7 +91,7 @@ public sealed class TrainRun(TrainSettings s, PluginCatalog catalog, ILogger log
         model = model with { Forward = new Model() };
         compiled = null!;
         setup = null!;
-        GC.Collect();
+        HostMemory.Release();
 
         if (EvaluateOnly || ExportTo != null)
         {

@@ -151,7 +151,12 @@ public static class TrainingCompiler
             var lossT = g.TypeOf(TrainingArtifacts.LossOutput)!.ElemType;
             seed = lossT == DataType.Float ? TrainingArtifacts.LossScaleInput : b.Cast(TrainingArtifacts.LossScaleInput, lossT);
         }
+        // Composite patterns whose gradient needs fewer forward values than their nodes' rules would keep
+        // (erf GELU: x alone): fused for autodiff only, the forward keeps the model's own nodes.
+        var gelus = (registry ?? GradientRegistry.Default).Find(Fusion.ErfGeluFusion.Domain, Fusion.ErfGeluFusion.OpType) != null
+            ? Fusion.ErfGeluFusion.Fuse(g) : new Fusion.ErfGeluFusion.Fused();
         var grads = Autodiff.Autodiff.Differentiate(g, opset, TrainingArtifacts.LossOutput, parameters, registry, seed);
+        Fusion.ErfGeluFusion.Unfuse(g, gelus);
         var accInputs = new List<ValueInfo>();
         if (options.GradientAccumulation)
         {
@@ -164,9 +169,9 @@ public static class TrainingCompiler
                 producer.Outputs[producer.Outputs.IndexOf(grads[i])] = fresh;
                 var buffer = TrainingArtifacts.AccumulationBuffer(parameters[i]);
                 accInputs.Add(new ValueInfo(buffer, paramTensors[i].TensorType));
-                // Placed right after the node producing this step's gradient: ORT runs nodes in graph order,
-                // so the fresh gradient is folded into the buffer and freed at once instead of every
-                // parameter's fresh gradient staying alive until the end of backward.
+                // Placed right after the node producing this step's gradient (ORT runs it as soon as its inputs
+                // are there, see Scheduling.OrtNodeOrder), so the fresh gradient is folded into the buffer and
+                // freed at once instead of every parameter's fresh gradient staying alive until the end of backward.
                 int at = g.Nodes.IndexOf(producer) + 1;
                 var add = new Node("Add", [buffer, fresh], [b.Unique(grads[i] + "/sum")], b.Unique("accumulate/Add"));
                 var where = new Node("Where", [TrainingArtifacts.LazyResetGrad, fresh, add.Outputs[0]], [grads[i]], b.Unique("accumulate"));
@@ -213,6 +218,8 @@ public static class TrainingCompiler
             KernelFallback.Apply(train, options.Kernels, options.FoldFallbackRoundTrips);
             KernelFallback.Apply(eval, options.Kernels, options.FoldFallbackRoundTrips);
         }
+        // Last: ORT runs a graph depth-first from its leaves, not in file order (see OrtNodeOrder).
+        Scheduling.OrtNodeOrder.ForDepthFirstExecution(train.Graph);
         if (options.Precision != null) train.Metadata["ortfinetune.precision"] = eval.Metadata["ortfinetune.precision"] = options.Precision.Name;
         return new TrainingArtifacts
         {

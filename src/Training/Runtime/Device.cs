@@ -91,6 +91,22 @@ public sealed record DeviceSpec(string Kind, int Index)
         }
     }
 
+    /// <summary>
+    /// ORT graph optimizers left out of training sessions. CommonSubexpressionElimination merges a node
+    /// the backward recomputes from a saved input (cheaper to recompute than to keep, e.g. the erf-GELU
+    /// derivative's x/√2) with its forward twin, which keeps the forward result alive until the
+    /// backward: the very activation memory the recomputation was meant to save.
+    /// </summary>
+    public const string TrainingDisabledOptimizers = "CommonSubexpressionElimination";
+
+    /// <summary><see cref="CreateSessionOptions"/> for the graphs a trainer runs (see <see cref="TrainingDisabledOptimizers"/>).</summary>
+    public SessionOptions CreateTrainingSessionOptions(int intraOpThreads = 0, bool cpuArena = true)
+    {
+        var so = CreateSessionOptions(intraOpThreads, cpuArena);
+        so.AddSessionConfigEntry("optimization.disable_specified_optimizers", TrainingDisabledOptimizers);
+        return so;
+    }
+
     public OrtMemoryInfo MemoryInfo() => IsCuda
         ? new OrtMemoryInfo(OrtMemoryInfo.allocatorCUDA, OrtAllocatorType.ArenaAllocator, Index, OrtMemType.Default)
         : OrtMemoryInfo.DefaultInstance;

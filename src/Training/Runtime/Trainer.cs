@@ -85,7 +85,7 @@ public sealed class Trainer : IDisposable
         OptimizerType = optimizer.Metadata.GetValueOrDefault("ortfinetune.optimizer", "?");
         _metrics = tg.Outputs.Any(o => o.Name == TrainingArtifacts.Top1);
 
-        using (var so = _o.Device.CreateSessionOptions(_o.IntraOpThreads, _o.CpuMemArena))
+        using (var so = _o.Device.CreateTrainingSessionOptions(_o.IntraOpThreads, _o.CpuMemArena))
         {
             _train = Create(training, so, "training");
             _eval = Create(eval, so, "eval");

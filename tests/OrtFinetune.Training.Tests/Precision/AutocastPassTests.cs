@@ -92,6 +92,42 @@ public class AutocastPassTests(ITestOutputHelper log)
     }
 
     [Fact]
+    public void CastCleanupKeepApartMergesOnlyDuplicatesWhoseTwinIsStillRead()
+    {
+        // h (fp16) is cast to fp32 for a, again for b (a's cast still read at b: merged), then once more
+        // much later for c, after every reader of the first cast: kept, so one fp32 copy is not held across.
+        Model Build()
+        {
+            var m = new Model();
+            var g = m.Graph;
+            g.Inputs.Add(new ValueInfo("h", TensorType.Of(DataType.Float16, 2)));
+            Node Cast(string i, string o) => new Node("Cast", [i], [o], "c_" + o).Set(Attribute.Of("to", (long)DataType.Float));
+            g.Nodes.Add(Cast("h", "h32a"));
+            g.Nodes.Add(Cast("h", "h32b"));
+            g.Nodes.Add(new Node("Add", ["h32a", "h32b"], ["a"], "a"));
+            g.Nodes.Add(new Node("Neg", ["a"], ["n1"], "n1"));
+            g.Nodes.Add(new Node("Neg", ["n1"], ["n2"], "n2"));
+            g.Nodes.Add(Cast("h", "h32c"));
+            g.Nodes.Add(new Node("Mul", ["n2", "h32c"], ["c"], "c"));
+            g.Outputs.Add(new ValueInfo("c", TensorType.Of(DataType.Float, 2)));
+            var order = g.Nodes.ToList();
+            ShapeInference.Infer(m);
+            g.Nodes.Clear(); g.Nodes.AddRange(order);   // inference sorts: keep the late cast late
+            return m;
+        }
+        var apart = Build();
+        CastCleanup.Run(apart.Graph, keepApart: true);
+        Assert.Equal(["h32a", "h32a"], apart.Graph.Nodes.Single(n => n.Name == "a").Inputs);
+        Assert.Equal(["n2", "h32c"], apart.Graph.Nodes.Single(n => n.Name == "c").Inputs);
+        Assert.Equal(2, apart.Graph.Nodes.Count(n => n.OpType == "Cast"));
+
+        var merged = Build();
+        CastCleanup.Run(merged.Graph);
+        Assert.Equal(["n2", "h32a"], merged.Graph.Nodes.Single(n => n.Name == "c").Inputs);
+        Assert.Equal(1, merged.Graph.Nodes.Count(n => n.OpType == "Cast"));
+    }
+
+    [Fact]
     public void ConvertPassStoresWeightsIn16BitAndKeepsTheInterfaceFp32()
     {
         var m = TinyModels.ConvNet(1);

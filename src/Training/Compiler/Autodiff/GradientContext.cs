@@ -108,6 +108,20 @@ public sealed class GradientContext
     /// <summary>A 0-D constant in the element type of <paramref name="like"/>.</summary>
     public string ScalarLike(double v, string like) => B.Scalar(v, ElemType(like));
 
+    /// <summary>
+    /// A Reshape target giving a tensor the shape of forward value <paramref name="value"/>: a constant
+    /// when at most one dimension is not static (that one as -1, inferred by Reshape from the element
+    /// count), else Shape(value) at run time. The constant form matters for memory: a backward Shape node
+    /// of a forward activation keeps that activation alive until the backward reaches it, only for its shape.
+    /// </summary>
+    public string ReshapeTarget(string value)
+    {
+        var dims = ShapeOf(value);
+        if (dims.Count(d => !d.IsKnown) <= 1 && dims.All(d => !d.IsKnown || d.Value > 0))
+            return B.Ints(dims.Select(d => d.Value ?? -1).ToArray());
+        return B.Shape(value);
+    }
+
     /// <summary>Axis normalized to [0, rank).</summary>
     public static int NormAxis(long axis, int rank) => (int)(axis < 0 ? axis + rank : axis);
 
@@ -138,7 +152,7 @@ public sealed class GradientContext
         {
             if (axes.Count == 0) return grad;
             var r = B.ReduceSum(grad, axes.ToArray(), keepDims: true);
-            return lead > 0 ? B.Reshape(r, B.Shape(target)) : r;
+            return lead > 0 ? B.Reshape(r, ReshapeTarget(target)) : r;
         }
         // Run-time: axes where Shape(target) (left-padded with 1s) is 1 and Shape(grad) is not.
         var tShape = B.Shape(target);

@@ -60,6 +60,7 @@ public sealed class GradientRegistry
         Gradients.NormalizationRules.Register(r);
         Gradients.LossRules.Register(r);
         Gradients.NonDifferentiableOps.Register(r);
+        Fusion.ErfGeluFusion.Register(r);
         return r;
     }
 }

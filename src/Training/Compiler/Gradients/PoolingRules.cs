@@ -94,7 +94,7 @@ public static class PoolingRules
         };
         if (outPad.Any(p => p != 0)) attrs.Add(Attribute.Of("output_padding", outPad));
         var dx = b.Op("ConvTranspose", [g1, ones], attrs.ToArray());
-        c.SetGI(0, b.Reshape(dx, b.Shape(x)));
+        c.SetGI(0, b.Reshape(dx, c.ReshapeTarget(x)));
     }
 
     /// <summary>dX = broadcast(dY) / (number of spatial elements).</summary>

@@ -14,9 +14,9 @@ public static class ShapeRules
 {
     public static void Register(GradientRegistry r)
     {
-        // Pure reshapes: dx = Reshape(g, Shape(x))
+        // Pure reshapes: dx = Reshape(g, shape of x) (a constant when x's shape is static but for one dimension)
         foreach (var op in new[] { "Reshape", "Flatten", "Squeeze", "Unsqueeze" })
-            r.Add(op, c => c.SetGI(0, c.B.Reshape(c.GO(0)!, c.B.Shape(c.I(0)))), inputs: [0]);
+            r.Add(op, c => c.SetGI(0, c.B.Reshape(c.GO(0)!, c.ReshapeTarget(c.I(0)))), inputs: [0]);
         r.Add("Transpose", Transpose, inputs: [0]);
         r.Add("Expand", Expand, inputs: [0]);
         r.Add("Concat", Concat);

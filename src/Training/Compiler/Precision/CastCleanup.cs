@@ -8,11 +8,14 @@ namespace OrtFinetune.Training.Compiler.Precision;
 /// type. With <c>foldLossy</c> also fp32 -> 16-bit -> fp32 when the outer Cast is one it accepts (used for
 /// the casts of kernel fallback, where the 16-bit value only existed because a provider lacks a kernel:
 /// skipping the rounding keeps more precision; casts that round on purpose, e.g. Kahan's, are never folded). Casts that
-/// name a graph output are kept. Returns the number of Cast nodes removed.
+/// name a graph output are kept. With <c>keepApart</c> a duplicate is merged only while the first cast's result is
+/// still read at or after the duplicate's position: in a training graph a forward Cast and its backward twin
+/// stay two nodes, so the cast result is not kept alive from the forward to the backward (the backward recasts
+/// the saved value instead). Returns the number of Cast nodes removed.
 /// </summary>
 public static class CastCleanup
 {
-    public static int Run(Graph g, Func<Node, bool>? foldLossy = null)
+    public static int Run(Graph g, Func<Node, bool>? foldLossy = null, bool keepApart = false)
     {
         int removed = 0;
         var outputs = g.Outputs.Select(o => o.Name).ToHashSet();
@@ -21,8 +24,16 @@ public static class CastCleanup
             var producers = g.Producers();
             var replace = new Dictionary<string, string>();
             var seen = new Dictionary<(string, long), string>();
-            foreach (var n in g.Nodes)
+            var lastRead = new Dictionary<string, int>();
+            if (keepApart)
+                for (int k = 0; k < g.Nodes.Count; k++)
+                {
+                    foreach (var i in g.Nodes[k].Inputs) if (i.Length > 0) lastRead[i] = k;
+                    foreach (var a in g.Nodes[k].Attributes.Values) if (a.G != null) foreach (var v in a.G.OuterScopeReads()) lastRead[v] = k;
+                }
+            for (int at = 0; at < g.Nodes.Count; at++)
             {
+                var n = g.Nodes[at];
                 if (n.OpType != "Cast" || n.Domain != "" || outputs.Contains(n.Output(0))) continue;
                 var x = Resolve(replace, n.Input(0));
                 var to = (DataType)n.GetInt("to", 0);
@@ -34,7 +45,13 @@ public static class CastCleanup
                     var st = g.TypeOf(src)?.ElemType;
                     if (st == to && xt is { } mid && (Lossless(to, mid) || foldLossy?.Invoke(n) == true)) { replace[n.Output(0)] = src; continue; }
                 }
-                if (seen.TryGetValue((x, (long)to), out var first)) { replace[n.Output(0)] = first; continue; }
+                if (seen.TryGetValue((x, (long)to), out var first)
+                    && (!keepApart || outputs.Contains(first) || lastRead.GetValueOrDefault(first, -1) >= at))
+                {
+                    replace[n.Output(0)] = first;
+                    if (keepApart) lastRead[first] = Math.Max(lastRead.GetValueOrDefault(first, -1), lastRead.GetValueOrDefault(n.Output(0), -1));
+                    continue;
+                }
                 seen[(x, (long)to)] = n.Output(0);
             }
             if (replace.Count == 0) break;

@@ -61,7 +61,8 @@ public static class KernelFallback
         int wrapped = byOp.Values.Sum();
         if (wrapped > 0)
         {
-            CastCleanup.Run(g, foldRoundTrips ? n => n.Name.StartsWith("fallback/Cast", StringComparison.Ordinal) : null);
+            // keepApart: a value read in the forward and in the backward gets a cast in each, not one fp32 copy kept in between.
+            CastCleanup.Run(g, foldRoundTrips ? n => n.Name.StartsWith("fallback/Cast", StringComparison.Ordinal) : null, keepApart: true);
             g.SortTopologically();
         }
         return new Result(wrapped, byOp);

@@ -1,0 +1,169 @@
+using OrtFinetune.Onnx;
+using OrtFinetune.Training.Compiler.Autodiff;
+using Attribute = OrtFinetune.Onnx.Attribute;
+
+namespace OrtFinetune.Training.Compiler.Fusion;
+
+/// <summary>
+/// The exact (erf) GELU as exporters write it in opsets without a Gelu op (torch.onnx for nn.GELU(),
+/// the ViT builder): <c>y = x · (A + erf(x / C)) · H</c> in five nodes, Div (or Mul by a constant),
+/// Erf, Add, Mul, Mul, with scalar constants (C = √2, A = 1, H = 0.5 for GELU; the two Muls in any
+/// association). Differentiated node by node, that chain keeps three of its intermediates alive from
+/// the forward to the backward next to x (x/C, A + erf, and the output for the next layer), each as
+/// large as x; its derivative needs only x.
+/// <para>
+/// <see cref="Fuse"/> replaces each matched chain by one composite node (domain <see cref="Domain"/>)
+/// for the duration of autodiff, whose gradient rule (<see cref="Register"/>) recomputes the
+/// derivative from x with the chain's own constants:
+/// <c>dy/dx = H (A + erf z) + H · x · (2/√π) e^(−z²) · dz/dx</c>, z = x/C (dz/dx = 1/C) or x·C (dz/dx = C).
+/// <see cref="Unfuse"/> then puts the original nodes back, so the forward computes exactly what the
+/// model wrote (same ops, same constants, standard ONNX only) and its intermediates die at once.
+/// </para>
+/// A chain is matched only when its intermediates have no other consumer and are not graph outputs.
+/// </summary>
+public static class ErfGeluFusion
+{
+    public const string Domain = "ortfinetune.composite";
+    public const string OpType = "ErfGelu";
+
+    /// <summary>The composite nodes placed by <see cref="Fuse"/>, with the nodes each one stands for.</summary>
+    public sealed class Fused
+    {
+        internal Dictionary<Node, List<Node>> Originals { get; } = new(ReferenceEqualityComparer.Instance);
+        public int Count => Originals.Count;
+    }
+
+    /// <summary>Replaces every erf-GELU chain of <paramref name="g"/> by a composite node (in place).</summary>
+    public static Fused Fuse(Graph g)
+    {
+        var fused = new Fused();
+        var producers = g.Producers();
+        var consumers = g.Consumers();
+        var outputs = g.Outputs.Select(o => o.Name).ToHashSet();
+        foreach (var n in g.Nodes)
+            foreach (var a in n.Attributes.Values)
+                if (a.G != null) foreach (var v in a.G.OuterScopeReads()) outputs.Add(v);   // read by a subgraph: keep it
+
+        var matches = new List<(Node Composite, List<Node> Chain)>();
+        var taken = new HashSet<Node>(ReferenceEqualityComparer.Instance);
+        foreach (var erf in g.Nodes.Where(n => n.OpType == "Erf" && n.Domain == "").ToList())
+        {
+            var m = Match(g, erf, producers, consumers, outputs);
+            if (m == null || m.Value.Chain.Any(taken.Contains)) continue;
+            foreach (var c in m.Value.Chain) taken.Add(c);
+            matches.Add(m.Value);
+        }
+        if (matches.Count == 0) return fused;
+        var first = new Dictionary<Node, Node>(ReferenceEqualityComparer.Instance);
+        foreach (var (composite, chain) in matches)
+        {
+            foreach (var c in chain) first[c] = composite;
+            fused.Originals[composite] = chain;
+        }
+        var placed = new HashSet<Node>(ReferenceEqualityComparer.Instance);
+        var nodes = new List<Node>(g.Nodes.Count);
+        foreach (var n in g.Nodes)
+        {
+            if (!first.TryGetValue(n, out var composite)) nodes.Add(n);
+            else if (placed.Add(composite)) nodes.Add(composite);
+        }
+        g.Nodes.Clear();
+        g.Nodes.AddRange(nodes);
+        g.SortTopologically();
+        return fused;
+    }
+
+    /// <summary>Puts the original nodes back in place of each composite node of <paramref name="fused"/>.</summary>
+    public static void Unfuse(Graph g, Fused fused)
+    {
+        for (int i = 0; i < g.Nodes.Count; i++)
+            if (fused.Originals.TryGetValue(g.Nodes[i], out var chain))
+            {
+                g.Nodes.RemoveAt(i);
+                g.Nodes.InsertRange(i, chain);
+                i += chain.Count - 1;
+            }
+    }
+
+    /// <summary>The gradient rule of the composite node: inputs (x, C, A, H), attribute scale = "Div" or "Mul".</summary>
+    public static void Register(GradientRegistry r) => r.Add(OpType, c =>
+    {
+        var b = c.B;
+        var (x, scale, add, half) = (c.I(0), c.I(1), c.I(2), c.I(3));
+        bool div = c.Node.GetString("scale", "Div") == "Div";
+        var z = div ? b.Div(x, scale) : b.Mul(x, scale);
+        var cdf = b.Add(b.Op("Erf", [z]), add);                                                // A + erf z
+        var dz = div ? b.Div(c.ScalarLike(1, x), scale) : scale;                               // dz/dx
+        var k = b.Mul(dz, c.ScalarLike(2 / Math.Sqrt(Math.PI), x));                           // scalar
+        var pdf = b.Op("Exp", [b.Neg(b.Mul(z, z))]);                                          // e^(−z²)
+        var d = b.Add(cdf, b.Mul(b.Mul(x, pdf), k));                                          // dy/dx / H
+        c.SetGI(0, b.Mul(b.Mul(c.GO(0)!, half), d));
+    }, inputs: [0], domain: Domain);
+
+    static (Node Composite, List<Node> Chain)? Match(Graph g, Node erf, Dictionary<string, Node> producers,
+        Dictionary<string, List<Node>> consumers, HashSet<string> outputs)
+    {
+        // Intermediate value: produced by one node, read by exactly one node (once), not a graph output.
+        Node? Only(string v)
+        {
+            if (outputs.Contains(v) || !consumers.TryGetValue(v, out var cs) || cs.Count != 1) return null;
+            var c = cs[0];
+            return c.Inputs.Count(i => i == v) == 1 ? c : null;
+        }
+        bool IsScalarConst(string v) => ConstantScalar(g, v, producers) != null;
+        // For a binary node reading v: its other operand.
+        static string? Other(Node n, string v) => n.Inputs.Count != 2 ? null : n.Inputs[0] == v ? n.Inputs[1] : n.Inputs[1] == v ? n.Inputs[0] : null;
+        static bool Is(Node n, string op) => n.OpType == op && n.Domain == "" && n.Inputs.Count == 2 && n.Outputs.Count == 1;
+
+        if (erf.Inputs.Count != 1 || erf.Outputs.Count != 1 || !producers.TryGetValue(erf.Input(0), out var scaleNode)) return null;
+        string x, scale, scaleOp;
+        if (Is(scaleNode, "Div") && IsScalarConst(scaleNode.Inputs[1])) { x = scaleNode.Inputs[0]; scale = scaleNode.Inputs[1]; scaleOp = "Div"; }
+        else if (Is(scaleNode, "Mul") && IsScalarConst(scaleNode.Inputs[1])) { x = scaleNode.Inputs[0]; scale = scaleNode.Inputs[1]; scaleOp = "Mul"; }
+        else if (Is(scaleNode, "Mul") && IsScalarConst(scaleNode.Inputs[0])) { x = scaleNode.Inputs[1]; scale = scaleNode.Inputs[0]; scaleOp = "Mul"; }
+        else return null;
+        if (IsScalarConst(x) || Only(scaleNode.Output(0)) != erf) return null;
+
+        if (Only(erf.Output(0)) is not { } addNode || !Is(addNode, "Add") || Other(addNode, erf.Output(0)) is not { } add || !IsScalarConst(add)) return null;
+        if (Only(addNode.Output(0)) is not { } m1 || !Is(m1, "Mul")) return null;
+        var other = Other(m1, addNode.Output(0))!;
+        List<Node> chain;
+        string half, y;
+        if (other == x)
+        {
+            // x · (A + erf) then · H
+            if (Only(m1.Output(0)) is not { } m2 || !Is(m2, "Mul") || Other(m2, m1.Output(0)) is not { } h || !IsScalarConst(h)) return null;
+            (chain, half, y) = ([scaleNode, erf, addNode, m1, m2], h, m2.Output(0));
+        }
+        else if (IsScalarConst(other))
+        {
+            // (A + erf) · H then · x
+            if (Only(m1.Output(0)) is not { } m2 || !Is(m2, "Mul") || Other(m2, m1.Output(0)) != x) return null;
+            (chain, half, y) = ([scaleNode, erf, addNode, m1, m2], other, m2.Output(0));
+        }
+        else if (producers.TryGetValue(other, out var hx) && Is(hx, "Mul") && Other(hx, x) is { } h2 && IsScalarConst(h2) && Only(other) == m1)
+        {
+            // (x · H) · (A + erf)
+            (chain, half, y) = ([hx, scaleNode, erf, addNode, m1], h2, m1.Output(0));
+        }
+        else return null;
+
+        // The constants broadcast to x's shape without changing it (scalars; [1] only against rank >= 1).
+        int? rank = g.TypeOf(x)?.Shape?.Length;
+        foreach (var cst in new[] { scale, add, half })
+            if (ConstantScalar(g, cst, producers) is not { } t || (t.Dims.Length > 0 && (rank == null || rank < t.Dims.Length))) return null;
+
+        var composite = new Node(OpType, [x, scale, add, half], [y], chain[^1].Name.Length > 0 ? chain[^1].Name + "/erf_gelu" : "", Domain)
+            .Set(Attribute.Of("scale", scaleOp));
+        return (composite, chain);
+    }
+
+    /// <summary>A one-element float constant (initializer or Constant node), or null.</summary>
+    static Tensor? ConstantScalar(Graph g, string v, Dictionary<string, Node> producers)
+    {
+        Tensor? t = null;
+        if (g.Initializers.TryGetValue(v, out var init)) t = init;
+        else if (producers.TryGetValue(v, out var p) && p.OpType == "Constant" && p.Domain == "")
+            t = p.Attr("value")?.T ?? (p.Attr("value_float") is { } f ? Tensor.Float("", [f.F]) : null);
+        return t != null && t.ElementCount == 1 && t.Type.IsFloat() ? t : null;
+    }
+}

@@ -3,13 +3,20 @@
 # bench/gpu/pack.sh were copied to $PARTS (default /tmp/of-parts): joins and unpacks them, finds
 # the CUDA 13 / cuDNN 9 libraries of the machine's Python (nvidia-* wheels) and CUDA toolkit, then runs
 # bench/side_by_side.sh (ours: every precision policy on the CUDA provider, each in its own process;
-# the PyTorch eager peer with the matching precision) and writes everything under $OUT.
+# the PyTorch eager peer with the matching precision) and writes everything under $OUT (at most 8
+# files: machine.txt, benchmark.md, side_by_side.md, results.tgz, and with the options below
+# diagnose.md, accuracy.md, accuracy.log, accuracy.tgz).
 #
 #   bash bench/gpu/device_run.sh [--model vit-l16] [--batch-size 32] [--warmup 3] [--steps 10]
 #                                [--precisions "32-true bf16-mixed 16-mixed bf16-true 16-true"] [--budget 420] [--device cuda]
+#                                [--accuracy EPOCHS] [--accuracy-budget 240] [--diagnose]
+#
+# --accuracy N: then every policy trains vit-tiny (28 px) on Fashion-MNIST for N epochs with evaluation
+# (the data packed with pack.sh --data /usr/share/datasets/fashion-mnist), written to $OUT/accuracy.*.
+# --diagnose: then ViT-B/16 batch 8, 32-true, with the shared CUDA arena and without (device memory).
 set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-model=vit-l16 batch=32 warmup=3 steps=10 budget=420 device=cuda
+model=vit-l16 batch=32 warmup=3 steps=10 budget=420 device=cuda accuracy=0 accuracy_budget=240 diagnose=0
 precisions="32-true bf16-mixed 16-mixed bf16-true 16-true"
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -20,6 +27,9 @@ while [[ $# -gt 0 ]]; do
     --precisions) precisions=$2; shift 2 ;;
     --budget) budget=$2; shift 2 ;;
     --device) device=$2; shift 2 ;;
+    --accuracy) accuracy=$2; shift 2 ;;
+    --accuracy-budget) accuracy_budget=$2; shift 2 ;;
+    --diagnose) diagnose=1; shift ;;
     *) echo "unknown option $1" >&2; exit 1 ;;
   esac
 done
@@ -53,10 +63,11 @@ res=/tmp/of-res
 rm -rf "$res"
 export ORTFINETUNE_EXE="$app/ortfinetune/ortfinetune" PYTHON=python3 PYTHONUNBUFFERED=1
 timeout "$budget" bash "$root/bench/side_by_side.sh" --device "$device" --model "$model" --batch-size "$batch" \
-  --warmup "$warmup" --steps "$steps" --precisions "$precisions" --out "$res" 2>&1 | tee "$out/run.log" | grep -v -E "warm-up step|timed step" >&2
+  --warmup "$warmup" --steps "$steps" --precisions "$precisions" --out "$res" 2>&1 | tee /tmp/of-run.log | grep -v -E "warm-up step|timed step" >&2
 rc=${PIPESTATUS[0]}
 echo "== side_by_side exit $rc" >&2
-cp "$res/ours/benchmark.json" "$res/ours/benchmark.md" "$res/side_by_side.md" "$out/" 2>/dev/null
+cp /tmp/of-run.log "$res/run.log" 2>/dev/null
+cp "$res/ours/benchmark.md" "$res/side_by_side.md" "$out/" 2>/dev/null
 tar -C "$res" -czf "$out/results.tgz" . 2>/dev/null
 echo
 echo "== ours ($model, batch $batch, $device)"
@@ -64,4 +75,25 @@ grep -E '^\| (policy|32|16|bf16)' "$res/ours/benchmark.md" 2>/dev/null | head -7
 echo
 echo "== side by side with PyTorch"
 cat "$res/side_by_side.md" 2>/dev/null
+
+exe="$app/ortfinetune/ortfinetune"
+if [[ "$diagnose" == 1 ]]; then
+  for shared in 1 0; do
+    ORTFINETUNE_CUDA_SHARED_ARENA=$shared timeout 120 "$exe" benchmark --model vit-b16 --batch-size 8 --device "$device" \
+      --precisions 32-true --warmup 2 --steps 3 --no-peak --output "/tmp/of-diag-$shared" > "/tmp/of-diag-$shared.log" 2>&1
+    echo "== diagnose: vit-b16 batch 8 32-true, shared arena $shared"
+    grep -E '^\| 32-true \| [0-9]' "/tmp/of-diag-$shared/benchmark.md" | head -1
+  done
+  cat /tmp/of-diag-1/benchmark.md /tmp/of-diag-0/benchmark.md > "$out/diagnose.md" 2>/dev/null
+fi
+if [[ "$accuracy" -gt 0 ]]; then
+  data="$app/ortfinetune/data/fashion-mnist"
+  timeout "$accuracy_budget" "$exe" benchmark --model vit-tiny --image-size 28 --dataset fashion-mnist --data-dir "$data" \
+    --epochs "$accuracy" --batch-size 128 --lr 0.003 --workers 4 --device "$device" --no-peak \
+    --precisions 32-true,bf16-mixed,16-mixed,bf16-true,16-true --warmup 1 --steps 3 --output /tmp/of-acc > "$out/accuracy.log" 2>&1
+  echo "== accuracy: vit-tiny 28 px on Fashion-MNIST, $accuracy epochs (exit $?)"
+  cp /tmp/of-acc/benchmark.md "$out/accuracy.md" 2>/dev/null
+  tar -C /tmp/of-acc -czf "$out/accuracy.tgz" . 2>/dev/null
+  grep -E '^\| (policy|32|16|bf16)' /tmp/of-acc/benchmark.md 2>/dev/null | head -6
+fi
 exit 0

@@ -78,7 +78,11 @@ public static class RunSetup
         });
         // Without loss scaling a non-finite gradient stops the run, so the optimizer need not guard each update.
         var optimizer = OptimizerBuilder.Build(compiled.Parameters,
-            r.Optimizer with { Rounding = r.Policy.Rounding, SkipNonFiniteUpdates = r.Policy.LossScaling != null },
+            r.Optimizer with
+            {
+                Rounding = r.Policy.Rounding, SkipNonFiniteUpdates = r.Policy.LossScaling != null,
+                BucketBytes = OptimizerBuilder.DefaultBucketBytesFor(device.IsCuda),
+            },
             compiled.TrainingModel.OpsetOf(""), kernels);
         return new Compiled(model, r.Policy, compiled, optimizer, kernels);
     }

@@ -31,7 +31,7 @@ public sealed record OptimizerOptions
     public Abstractions.UpdateRounding Rounding { get; init; } = Abstractions.UpdateRounding.Nearest;
     /// <summary>
     /// Parameters of one dtype and weight-decay setting are updated together, as flat buckets of up to this
-    /// many bytes (torch.optim's "foreach" idea): a few dozen kernels per step instead of a dozen per
+    /// many bytes counted in fp32 (torch.optim's "foreach" idea): a few dozen kernels per step instead of a dozen per
     /// parameter, which is what a GPU step of a large model is bound by. 0 = one update chain per parameter.
     /// </summary>
     public long BucketBytes { get; init; } = OptimizerBuilder.DefaultBucketBytes;
@@ -76,7 +76,7 @@ public sealed record OptimizerBucket(string Name, DataType Type, bool Decays, lo
 
     /// <summary>
     /// Groups parameters by (dtype, weight decay) in their order and fills buckets up to <paramref name="maxBytes"/>
-    /// (a larger parameter gets a bucket of its own).
+    /// counted in fp32 (the update's compute type; a larger parameter gets a bucket of its own).
     /// </summary>
     public static List<OptimizerBucket> Plan(IReadOnlyList<Tensor> parameters, OptimizerOptions o, long maxBytes)
     {
@@ -96,7 +96,8 @@ public sealed record OptimizerBucket(string Name, DataType Type, bool Decays, lo
             foreach (var p in group)
             {
                 long n = p.ElementCount;
-                if (members.Count > 0 && (size + n) * group.Key.Type.SizeOf() > maxBytes) Close();
+                // The cap counts fp32 bytes: 16-bit parameters are updated in fp32 temporaries too.
+                if (members.Count > 0 && (size + n) * Math.Max(4, group.Key.Type.SizeOf()) > maxBytes) Close();
                 members.Add(new BucketMember(p.Name, size, n));
                 size += (n + align - 1) / align * align;
             }
@@ -179,6 +180,14 @@ public static class OptimizerBuilder
     sealed record Slot(string Name, DataType Type, TensorType TensorType, bool Decays);
 
     public const long DefaultBucketBytes = 64L << 20;
+
+    /// <summary>
+    /// Bucket size for a device. A bucket's update keeps a few fp32 temporaries of its size alive at once,
+    /// on top of the persistent state. On CUDA, where each node costs a kernel launch, 64 MiB; on the CPU,
+    /// where a node costs microseconds but those temporaries add to the peak resident set (mostly in the
+    /// 16-bit true policies, whose activations are small), 4 MiB.
+    /// </summary>
+    public static long DefaultBucketBytesFor(bool cuda) => cuda ? DefaultBucketBytes : 4L << 20;
 
     static Model BuildGraph(IReadOnlyList<Slot> parameters, OptimizerOptions o, long opset)
     {

@@ -8,7 +8,7 @@ namespace OrtFinetune.Host.Tests;
 /// The ortfinetune executable as a user runs it: a child process with the built-in plugins.
 /// Slow: the Fashion-MNIST run takes a few minutes on 2 cores; all of them run in CI.
 /// </summary>
-[Trait("Category", "Slow")]
+[Trait("Category", "Slow"), Collection(SlowTraining.Name)]
 public class EndToEndTests(ITestOutputHelper log) : IDisposable
 {
     readonly string _tmp = Directory.CreateTempSubdirectory("ortfinetune-e2e-").FullName;
@@ -42,7 +42,7 @@ public class EndToEndTests(ITestOutputHelper log) : IDisposable
         Assert.True(Directory.Exists(data), $"{data} is missing: apt-get install dataset-fashion-mnist (.ci/run does)");
         var run = Path.Combine(_tmp, "fmnist");
         var clock = Stopwatch.StartNew();
-        var (code, _, err) = Run(TimeSpan.FromMinutes(10), "train", "--dataset", "fashion-mnist", "--model", "vit-tiny", "--image-size", "28",
+        var (code, _, err) = Run(TimeSpan.FromMinutes(15), "train", "--dataset", "fashion-mnist", "--model", "vit-tiny", "--image-size", "28",
             "--epochs", "3", "--batch-size", "128", "--lr", "0.003", "--warmup-steps", "100", "--augment", "none", "--output", run);
         Assert.True(code == 0, err);
         var s = Summary(run);

@@ -11,7 +11,7 @@ namespace OrtFinetune.Host.Tests;
 /// Six runs of 10,000 training samples each (5,000 images x 2 epochs): the five policies and bf16-true with
 /// compensated (Kahan) updates; about 3.5 minutes on 2 idle cores.
 /// </summary>
-[Trait("Category", "Slow")]
+[Trait("Category", "Slow"), Collection(SlowTraining.Name)]
 public class PrecisionParityTests(ITestOutputHelper log) : IDisposable
 {
     readonly string _tmp = Directory.CreateTempSubdirectory("ortfinetune-parity-").FullName;
@@ -85,4 +85,14 @@ public class PrecisionParityTests(ITestOutputHelper log) : IDisposable
                 $"{r.Run}: test accuracy {r.Accuracy:P2} is more than {tolerance * 100} points from 32-true's {reference.Accuracy:P2}");
         }
     }
+}
+
+/// <summary>
+/// The long training runs (Fashion-MNIST end to end, precision parity) run one after the other: on 2 cores,
+/// side by side, each took twice as long and the end-to-end run passed its time limit.
+/// </summary>
+[CollectionDefinition(Name)]
+public sealed class SlowTraining
+{
+    public const string Name = "slow-training";
 }

@@ -57,13 +57,7 @@ public sealed class DeviceValues : IDisposable
         if (bytes <= 0 || bytes > uint.MaxValue) throw new TrainingException($"a flat buffer of {bytes} bytes cannot be allocated (1 byte to 4 GiB)");
         var mem = _allocator.Allocate((uint)bytes);
         var flat = View(mem, 0, t, [elements]);
-        if (!_device.IsCuda) flat.GetTensorMutableRawData().Clear();
-        else
-        {
-            using var zeros = OrtValue.CreateAllocatedTensorValue(OrtAllocator.DefaultInstance, ToOrt(t), [elements]);
-            zeros.GetTensorMutableRawData().Clear();
-            Copy(t, zeros, flat);
-        }
+        Clear(t, [elements], flat);
         return (mem, flat);
     }
 
@@ -89,29 +83,23 @@ public sealed class DeviceValues : IDisposable
     /// <summary>A device tensor holding these little-endian bytes.</summary>
     public OrtValue Upload(DataType t, long[] shape, ReadOnlySpan<byte> bytes)
     {
-        if (!_device.IsCuda)
-        {
-            var v = OrtValue.CreateAllocatedTensorValue(OrtAllocator.DefaultInstance, ToOrt(t), shape);
-            bytes.CopyTo(v.GetTensorMutableRawData());
-            return v;
-        }
-        using var host = OrtValue.CreateAllocatedTensorValue(OrtAllocator.DefaultInstance, ToOrt(t), shape);
-        bytes.CopyTo(host.GetTensorMutableRawData());
-        var dst = Allocate(t, shape);
-        Copy(t, host, dst);
-        return dst;
+        var v = Allocate(t, shape);
+        UploadInto(t, shape, bytes, v);
+        return v;
     }
 
     public OrtValue Zeros(DataType t, long[] shape)
     {
-        long n = shape.Aggregate(1L, (a, b) => a * b) * t.SizeOf();
-        if (!_device.IsCuda)
-        {
-            var v = Allocate(t, shape);
-            v.GetTensorMutableRawData().Clear();
-            return v;
-        }
-        return Upload(t, shape, new byte[n]);
+        var v = Allocate(t, shape);
+        Clear(t, shape, v);
+        return v;
+    }
+
+    /// <summary>Sets every byte of a device tensor of that type and shape to zero.</summary>
+    void Clear(DataType t, long[] shape, OrtValue v)
+    {
+        if (!_device.IsCuda) v.GetTensorMutableRawData().Clear();
+        else UploadInto(t, shape, new byte[shape.Aggregate(1L, (a, b) => a * b) * t.SizeOf()], v);
     }
 
     /// <summary>The bytes of a device tensor, copied to the host.</summary>

@@ -101,7 +101,7 @@ public sealed class Trainer : IDisposable
         if (buckets.Count > 0)
         {
             // Flat buffers per bucket (parameters, gradients, each state); every parameter's tensors are views into them.
-            var place = new Dictionary<string, (OptimizerBucket Bucket, BucketMember Member, int Index)>();
+            var place = new Dictionary<string, (BucketMember Member, int Index)>();
             var byName = parameters.ToDictionary(p => p.Name);
             foreach (var b in buckets)
             {
@@ -112,7 +112,7 @@ public sealed class Trainer : IDisposable
                 {
                     if (!byName.TryGetValue(mb.Param, out var p) || p.Type != b.Type || p.ElementCount != mb.Count)
                         throw new TrainingException($"the optimizer model's bucket '{b.Name}' lists '{mb.Param}' ({b.Type}, {mb.Count} elements), which this model's parameters do not match; recompile the artifacts");
-                    place[mb.Param] = (b, mb, _buckets.Count - 1);
+                    place[mb.Param] = (mb, _buckets.Count - 1);
                 }
             }
             foreach (var p in parameters)
@@ -396,8 +396,7 @@ public sealed class Trainer : IDisposable
         {
             var src = ck.Get(name, path);
             if (src.Type != t || !src.Dims.SequenceEqual(shape)) throw new CheckpointException($"{path}: tensor '{name}' has type/shape {src.TensorType}, expected {TensorType.Of(t, shape)}");
-            using var v = _dev.Upload(t, shape, src.RawData.Span);
-            _dev.Copy(t, v, dst);
+            _dev.UploadInto(t, shape, src.RawData.Span, dst);
         }
         // Validate everything before changing anything.
         foreach (var p in _params) ck.Get("param/" + p.Name, path);

@@ -3,7 +3,7 @@ using System.Text.Json;
 using OrtFinetune.Host.Benchmarking;
 using OrtFinetune.Onnx;
 using Xunit.Abstractions;
-using Attribute = OrtFinetune.Onnx.Attribute;
+using NodeAttribute = OrtFinetune.Onnx.NodeAttribute;
 
 namespace OrtFinetune.Host.Tests;
 
@@ -27,10 +27,10 @@ public class BenchmarkTests(ITestOutputHelper log) : IDisposable
         g.Inputs.Add(new ValueInfo("y", new TensorType(DataType.Float, [new Dim("N"), new Dim(3), new Dim(4), new Dim(5)])));
         foreach (var t in new[] { Weight("wc", 4, 2, 3, 3), Weight("wt", 4, 2, 2, 2), Weight("wg", 10, 512), Weight("bg", 10), Weight("wm", 10, 6), Weight("wb", 5, 7) })
             g.Initializers[t.Name] = t;
-        g.Nodes.Add(new Node("Conv", ["x", "wc"], ["c"], "conv").Set(Attribute.Of("pads", new long[] { 1, 1, 1, 1 })));
-        g.Nodes.Add(new Node("ConvTranspose", ["c", "wt"], ["ct"], "convT").Set(Attribute.Of("strides", new long[] { 2, 2 })));
-        g.Nodes.Add(new Node("Flatten", ["ct"], ["f"], "flatten").Set(Attribute.Of("axis", 1L)));
-        g.Nodes.Add(new Node("Gemm", ["f", "wg", "bg"], ["gm"], "gemm").Set(Attribute.Of("transB", 1L)));
+        g.Nodes.Add(new Node("Conv", ["x", "wc"], ["c"], "conv").Set(NodeAttribute.Of("pads", new long[] { 1, 1, 1, 1 })));
+        g.Nodes.Add(new Node("ConvTranspose", ["c", "wt"], ["ct"], "convT").Set(NodeAttribute.Of("strides", new long[] { 2, 2 })));
+        g.Nodes.Add(new Node("Flatten", ["ct"], ["f"], "flatten").Set(NodeAttribute.Of("axis", 1L)));
+        g.Nodes.Add(new Node("Gemm", ["f", "wg", "bg"], ["gm"], "gemm").Set(NodeAttribute.Of("transB", 1L)));
         g.Nodes.Add(new Node("MatMul", ["gm", "wm"], ["out"], "matmul"));
         g.Nodes.Add(new Node("MatMul", ["y", "wb"], ["out2"], "batched"));
         g.Outputs.Add(new ValueInfo("out", new TensorType(DataType.Float, null)));

@@ -42,7 +42,7 @@ public sealed class GraphBuilder
         return exact;
     }
 
-    public Node AddNode(string opType, IEnumerable<string> inputs, IEnumerable<string> outputs, string domain = "", params Attribute[] attrs)
+    public Node AddNode(string opType, IEnumerable<string> inputs, IEnumerable<string> outputs, string domain = "", params NodeAttribute[] attrs)
     {
         var n = new Node(opType, inputs, outputs, Unique(opType), domain);
         foreach (var a in attrs) n.Set(a);
@@ -51,17 +51,17 @@ public sealed class GraphBuilder
     }
 
     /// <summary>Emits one node with a single fresh output and returns that output's name.</summary>
-    public string Op(string opType, IEnumerable<string> inputs, params Attribute[] attrs) =>
+    public string Op(string opType, IEnumerable<string> inputs, params NodeAttribute[] attrs) =>
         OpDomain(opType, "", inputs, attrs);
 
-    public string OpDomain(string opType, string domain, IEnumerable<string> inputs, params Attribute[] attrs)
+    public string OpDomain(string opType, string domain, IEnumerable<string> inputs, params NodeAttribute[] attrs)
     {
         var o = Unique(opType.ToLowerInvariant());
         AddNode(opType, inputs, [o], domain, attrs);
         return o;
     }
 
-    public string[] OpN(string opType, IEnumerable<string> inputs, int outputs, params Attribute[] attrs)
+    public string[] OpN(string opType, IEnumerable<string> inputs, int outputs, params NodeAttribute[] attrs)
     {
         var outs = Enumerable.Range(0, outputs).Select(i => Unique(opType.ToLowerInvariant())).ToArray();
         AddNode(opType, inputs, outs, "", attrs);
@@ -100,20 +100,20 @@ public sealed class GraphBuilder
     public string Mul(string a, string b) => Op("Mul", [a, b]);
     public string Div(string a, string b) => Op("Div", [a, b]);
     public string Neg(string a) => Op("Neg", [a]);
-    public string Cast(string a, DataType to) => Op("Cast", [a], Attribute.Of("to", (long)to));
+    public string Cast(string a, DataType to) => Op("Cast", [a], NodeAttribute.Of("to", (long)to));
     public string Shape(string a) => Op("Shape", [a]);
     public string Reshape(string a, string shape) => Op("Reshape", [a, shape]);
-    public string Transpose(string a, params long[] perm) => Op("Transpose", [a], Attribute.Of("perm", perm));
+    public string Transpose(string a, params long[] perm) => Op("Transpose", [a], NodeAttribute.Of("perm", perm));
     public string Expand(string a, string shape) => Op("Expand", [a, shape]);
     public string Where(string c, string x, string y) => Op("Where", [c, x, y]);
     public string MatMul(string a, string b) => Op("MatMul", [a, b]);
-    public string Concat(long axis, params string[] xs) => Op("Concat", xs, Attribute.Of("axis", axis));
+    public string Concat(long axis, params string[] xs) => Op("Concat", xs, NodeAttribute.Of("axis", axis));
 
     public string Sum(IReadOnlyList<string> xs) => xs.Count == 1 ? xs[0] : xs.Count == 2 ? Add(xs[0], xs[1]) : Op("Sum", xs);
 
     /// <summary>Shape(x)[start:end] (end exclusive; may be long.MaxValue).</summary>
     public string ShapeSlice(string x, long start, long end) =>
-        Opset >= 15 ? Op("Shape", [x], Attribute.Of("start", start), Attribute.Of("end", end))
+        Opset >= 15 ? Op("Shape", [x], NodeAttribute.Of("start", start), NodeAttribute.Of("end", end))
                     : Slice(Shape(x), [start], [end], [0]);
 
     public string Slice(string x, long[] starts, long[] ends, long[] axes, long[]? steps = null)
@@ -124,27 +124,27 @@ public sealed class GraphBuilder
     }
 
     public string Unsqueeze(string x, params long[] axes) => Opset >= 13
-        ? Op("Unsqueeze", [x, Ints(axes)]) : Op("Unsqueeze", [x], Attribute.Of("axes", axes));
+        ? Op("Unsqueeze", [x, Ints(axes)]) : Op("Unsqueeze", [x], NodeAttribute.Of("axes", axes));
 
     public string Squeeze(string x, params long[] axes) => Opset >= 13
-        ? Op("Squeeze", axes.Length == 0 ? [x] : [x, Ints(axes)]) : Op("Squeeze", [x], Attribute.Of("axes", axes));
+        ? Op("Squeeze", axes.Length == 0 ? [x] : [x, Ints(axes)]) : Op("Squeeze", [x], NodeAttribute.Of("axes", axes));
 
     /// <summary>ReduceSum over static axes (opset 13+: axes as an input).</summary>
     public string ReduceSum(string x, long[] axes, bool keepDims) => Opset >= 13
-        ? Op("ReduceSum", [x, Ints(axes)], Attribute.Of("keepdims", keepDims ? 1L : 0L))
-        : Op("ReduceSum", [x], Attribute.Of("axes", axes), Attribute.Of("keepdims", keepDims ? 1L : 0L));
+        ? Op("ReduceSum", [x, Ints(axes)], NodeAttribute.Of("keepdims", keepDims ? 1L : 0L))
+        : Op("ReduceSum", [x], NodeAttribute.Of("axes", axes), NodeAttribute.Of("keepdims", keepDims ? 1L : 0L));
 
     /// <summary>ReduceSum over axes given as a runtime int64 tensor (empty = no-op).</summary>
     public string ReduceSumDynamic(string x, string axes, bool keepDims) =>
-        Op("ReduceSum", [x, axes], Attribute.Of("keepdims", keepDims ? 1L : 0L), Attribute.Of("noop_with_empty_axes", 1L));
+        Op("ReduceSum", [x, axes], NodeAttribute.Of("keepdims", keepDims ? 1L : 0L), NodeAttribute.Of("noop_with_empty_axes", 1L));
 
     public string ReduceMean(string x, long[] axes, bool keepDims) => Opset >= 18
-        ? Op("ReduceMean", [x, Ints(axes)], Attribute.Of("keepdims", keepDims ? 1L : 0L))
-        : Op("ReduceMean", [x], Attribute.Of("axes", axes), Attribute.Of("keepdims", keepDims ? 1L : 0L));
+        ? Op("ReduceMean", [x, Ints(axes)], NodeAttribute.Of("keepdims", keepDims ? 1L : 0L))
+        : Op("ReduceMean", [x], NodeAttribute.Of("axes", axes), NodeAttribute.Of("keepdims", keepDims ? 1L : 0L));
 
     /// <summary>A tensor of the given runtime shape filled with <paramref name="value"/>.</summary>
     public string Fill(string shape, DataType t, double value) =>
-        Op("ConstantOfShape", [shape], Attribute.Of("value", Tensor.OfType("value", t, [value], 1)));
+        Op("ConstantOfShape", [shape], NodeAttribute.Of("value", Tensor.OfType("value", t, [value], 1)));
 
     /// <summary>Zeros shaped and typed like <paramref name="like"/>.</summary>
     public string ZerosLike(string like, DataType t) => Fill(Shape(like), t, 0);

@@ -90,20 +90,20 @@ public static class ModelIO
         return new TensorType((DataType)tt.ElemType, shape);
     }
 
-    static Attribute ReadAttribute(AttributeProto a, string? dir, Node n)
+    static NodeAttribute ReadAttribute(AttributeProto a, string? dir, Node n)
     {
         try
         {
             return a.Type switch
             {
-                AttributeProto.Types.AttributeType.Float => Attribute.Of(a.Name, a.F),
-                AttributeProto.Types.AttributeType.Int => Attribute.Of(a.Name, a.I),
-                AttributeProto.Types.AttributeType.String => Attribute.Of(a.Name, a.S.ToStringUtf8()),
-                AttributeProto.Types.AttributeType.Floats => Attribute.Of(a.Name, a.Floats.ToArray()),
-                AttributeProto.Types.AttributeType.Ints => Attribute.Of(a.Name, a.Ints.ToArray()),
-                AttributeProto.Types.AttributeType.Strings => new Attribute(a.Name, AttributeKind.Strings) { Strings = a.Strings.Select(s => s.ToStringUtf8()).ToArray() },
-                AttributeProto.Types.AttributeType.Tensor => Attribute.Of(a.Name, ReadTensor(a.T ?? throw new OnnxFormatException($"attribute '{a.Name}' of type TENSOR holds no tensor"), dir)),
-                AttributeProto.Types.AttributeType.Graph => new Attribute(a.Name, AttributeKind.Graph) { G = ReadGraph(a.G ?? throw new OnnxFormatException($"attribute '{a.Name}' of type GRAPH holds no graph"), dir) },
+                AttributeProto.Types.AttributeType.Float => NodeAttribute.Of(a.Name, a.F),
+                AttributeProto.Types.AttributeType.Int => NodeAttribute.Of(a.Name, a.I),
+                AttributeProto.Types.AttributeType.String => NodeAttribute.Of(a.Name, a.S.ToStringUtf8()),
+                AttributeProto.Types.AttributeType.Floats => NodeAttribute.Of(a.Name, a.Floats.ToArray()),
+                AttributeProto.Types.AttributeType.Ints => NodeAttribute.Of(a.Name, a.Ints.ToArray()),
+                AttributeProto.Types.AttributeType.Strings => new NodeAttribute(a.Name, AttributeKind.Strings) { Strings = a.Strings.Select(s => s.ToStringUtf8()).ToArray() },
+                AttributeProto.Types.AttributeType.Tensor => NodeAttribute.Of(a.Name, ReadTensor(a.T ?? throw new OnnxFormatException($"attribute '{a.Name}' of type TENSOR holds no tensor"), dir)),
+                AttributeProto.Types.AttributeType.Graph => new NodeAttribute(a.Name, AttributeKind.Graph) { G = ReadGraph(a.G ?? throw new OnnxFormatException($"attribute '{a.Name}' of type GRAPH holds no graph"), dir) },
                 _ => throw new OnnxFormatException($"attribute '{a.Name}' has unsupported type {a.Type}"),
             };
         }
@@ -275,7 +275,7 @@ public static class ModelIO
         return new ValueInfoProto { Name = name, Type = new TypeProto { TensorType = tt } };
     }
 
-    static AttributeProto WriteAttribute(Attribute a, FileStream? data, string dataName, long minExternal)
+    static AttributeProto WriteAttribute(NodeAttribute a, FileStream? data, string dataName, long minExternal)
     {
         var p = new AttributeProto { Name = a.Name };
         switch (a.Kind)

@@ -3,7 +3,7 @@ namespace OrtFinetune.Onnx;
 public enum AttributeKind { Float, Int, String, Tensor, Graph, Floats, Ints, Strings }
 
 /// <summary>A node attribute; exactly one of the value fields is meaningful, per <see cref="Kind"/>.</summary>
-public sealed class Attribute
+public sealed class NodeAttribute
 {
     public string Name { get; }
     public AttributeKind Kind { get; }
@@ -16,14 +16,14 @@ public sealed class Attribute
     public long[] Ints { get; init; } = [];
     public string[] Strings { get; init; } = [];
 
-    public Attribute(string name, AttributeKind kind) { Name = name; Kind = kind; }
+    public NodeAttribute(string name, AttributeKind kind) { Name = name; Kind = kind; }
 
-    public static Attribute Of(string name, long v) => new(name, AttributeKind.Int) { I = v };
-    public static Attribute Of(string name, float v) => new(name, AttributeKind.Float) { F = v };
-    public static Attribute Of(string name, string v) => new(name, AttributeKind.String) { S = v };
-    public static Attribute Of(string name, long[] v) => new(name, AttributeKind.Ints) { Ints = v };
-    public static Attribute Of(string name, float[] v) => new(name, AttributeKind.Floats) { Floats = v };
-    public static Attribute Of(string name, Tensor v) => new(name, AttributeKind.Tensor) { T = v };
+    public static NodeAttribute Of(string name, long v) => new(name, AttributeKind.Int) { I = v };
+    public static NodeAttribute Of(string name, float v) => new(name, AttributeKind.Float) { F = v };
+    public static NodeAttribute Of(string name, string v) => new(name, AttributeKind.String) { S = v };
+    public static NodeAttribute Of(string name, long[] v) => new(name, AttributeKind.Ints) { Ints = v };
+    public static NodeAttribute Of(string name, float[] v) => new(name, AttributeKind.Floats) { Floats = v };
+    public static NodeAttribute Of(string name, Tensor v) => new(name, AttributeKind.Tensor) { T = v };
 
     public override string ToString() => Kind switch
     {
@@ -45,7 +45,7 @@ public sealed class Node
     public string Name { get; set; }
     public List<string> Inputs { get; }
     public List<string> Outputs { get; }
-    public Dictionary<string, Attribute> Attributes { get; } = new();
+    public Dictionary<string, NodeAttribute> Attributes { get; } = new();
 
     public Node(string opType, IEnumerable<string> inputs, IEnumerable<string> outputs, string name = "", string domain = "")
     {
@@ -59,8 +59,8 @@ public sealed class Node
     public string Output(int i) => i < Outputs.Count ? Outputs[i] : "";
     public bool HasInput(int i) => Input(i).Length > 0;
 
-    public Node Set(Attribute a) { Attributes[a.Name] = a; return this; }
-    public Attribute? Attr(string name) => Attributes.GetValueOrDefault(name);
+    public Node Set(NodeAttribute a) { Attributes[a.Name] = a; return this; }
+    public NodeAttribute? Attr(string name) => Attributes.GetValueOrDefault(name);
     public long GetInt(string name, long dflt) => Attributes.TryGetValue(name, out var a) ? a.I : dflt;
     public float GetFloat(string name, float dflt) => Attributes.TryGetValue(name, out var a) ? a.F : dflt;
     public string GetString(string name, string dflt) => Attributes.TryGetValue(name, out var a) ? a.S : dflt;

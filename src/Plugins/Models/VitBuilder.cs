@@ -1,6 +1,6 @@
 using System.Runtime.InteropServices;
 using OrtFinetune.Onnx;
-using Attribute = OrtFinetune.Onnx.Attribute;
+using NodeAttribute = OrtFinetune.Onnx.NodeAttribute;
 
 namespace OrtFinetune.Plugins.Models;
 
@@ -76,12 +76,12 @@ public static class VitBuilder
         string F(float v)
         {
             if (!consts.TryGetValue(v, out var name))
-                consts[v] = name = b.Op("Constant", [], Attribute.Of("value", Tensor.Float("value", [v])));
+                consts[v] = name = b.Op("Constant", [], NodeAttribute.Of("value", Tensor.Float("value", [v])));
             return name;
         }
-        string Gemm(string x, string w, string bias) => b.Op("Gemm", [x, w, bias], Attribute.Of("transB", 1L));
+        string Gemm(string x, string w, string bias) => b.Op("Gemm", [x, w, bias], NodeAttribute.Of("transB", 1L));
         string LayerNorm(string x, string w, string bias) => b.Op("LayerNormalization", [x, w, bias],
-            Attribute.Of("axis", -1L), Attribute.Of("epsilon", c.LayerNormEpsilon));
+            NodeAttribute.Of("axis", -1L), NodeAttribute.Of("epsilon", c.LayerNormEpsilon));
 
         // Patch embedding -> (N, P, D).
         string tokens;
@@ -90,7 +90,7 @@ public static class VitBuilder
         {
             b.Prefix = "conv_proj";
             var conv = b.Op("Conv", [InputName, "conv_proj.weight", "conv_proj.bias"],
-                Attribute.Of("kernel_shape", new[] { P, P }), Attribute.Of("strides", new[] { P, P }));
+                NodeAttribute.Of("kernel_shape", new[] { P, P }), NodeAttribute.Of("strides", new[] { P, P }));
             var flat = b.Reshape(conv, b.Ints(0, D, c.Patches));          // (N, D, P)
             tokens = b.Transpose(flat, 0, 2, 1);                            // (N, P, D)
         }
@@ -120,12 +120,12 @@ public static class VitBuilder
             b.Prefix = $"encoder_layer_{i}/attention";
             var h = LayerNorm(x, l + "ln_1.weight", l + "ln_1.bias");
             var qkv = Gemm(h, l + "self_attention.in_proj_weight", l + "self_attention.in_proj_bias");   // (N*S, 3D)
-            var parts = b.OpN("Split", [qkv, b.Ints(D, D, D)], 3, Attribute.Of("axis", 1L));
+            var parts = b.OpN("Split", [qkv, b.Ints(D, D, D)], 3, NodeAttribute.Of("axis", 1L));
             string Heads(string t, params long[] perm) => b.Transpose(b.Reshape(t, b.Ints(-1, S, H, hd)), perm);
             var q = b.Mul(Heads(parts[0], 0, 2, 1, 3), scale);     // (N, H, S, d)
             var kT = Heads(parts[1], 0, 2, 3, 1);                  // (N, H, d, S)
             var v = Heads(parts[2], 0, 2, 1, 3);                   // (N, H, S, d)
-            var attn = b.Op("Softmax", [b.MatMul(q, kT)], Attribute.Of("axis", -1L));
+            var attn = b.Op("Softmax", [b.MatMul(q, kT)], NodeAttribute.Of("axis", -1L));
             var ctx = b.Reshape(b.Transpose(b.MatMul(attn, v), 0, 2, 1, 3), b.Ints(-1, D));
             var o = Gemm(ctx, l + "self_attention.out_proj.weight", l + "self_attention.out_proj.bias");
             x = b.Add(o, x);
@@ -138,9 +138,9 @@ public static class VitBuilder
         }
 
         b.Prefix = "head";
-        var clsOut = b.Op("Gather", [b.Reshape(x, b.Ints(-1, S, D)), b.IntScalar(0)], Attribute.Of("axis", 1L));   // (N, D)
+        var clsOut = b.Op("Gather", [b.Reshape(x, b.Ints(-1, S, D)), b.IntScalar(0)], NodeAttribute.Of("axis", 1L));   // (N, D)
         var normed = LayerNorm(clsOut, "encoder.ln.weight", "encoder.ln.bias");
-        b.AddNode("Gemm", [normed, "heads.head.weight", "heads.head.bias"], [OutputName], "", Attribute.Of("transB", 1L));
+        b.AddNode("Gemm", [normed, "heads.head.weight", "heads.head.bias"], [OutputName], "", NodeAttribute.Of("transB", 1L));
         return model;
     }
 

@@ -4,7 +4,7 @@ using OrtFinetune.Onnx;
 using OrtFinetune.Training.Compiler.Autodiff;
 using OrtFinetune.Training.Compiler.Losses;
 using OrtFinetune.Training.Compiler.Precision;
-using Attribute = OrtFinetune.Onnx.Attribute;
+using NodeAttribute = OrtFinetune.Onnx.NodeAttribute;
 
 namespace OrtFinetune.Training.Compiler;
 
@@ -280,14 +280,14 @@ public static class TrainingCompiler
         b.Reserve(TrainingArtifacts.Top1); b.Reserve(TrainingArtifacts.Top5);
         var saved = b.Prefix; b.Prefix = "metrics";
         var lab = b.Unsqueeze(labels, 1);
-        var top1 = b.Op("ArgMax", [logits], Attribute.Of("axis", 1L), Attribute.Of("keepdims", 1L));
+        var top1 = b.Op("ArgMax", [logits], NodeAttribute.Of("axis", 1L), NodeAttribute.Of("keepdims", 1L));
         var hit1 = b.Cast(b.Op("Equal", [top1, lab]), DataType.Int64);
-        b.Graph.Nodes.Add(new Node("ReduceSum", [hit1], [TrainingArtifacts.Top1], b.Unique("ReduceSum")).Set(Attribute.Of("keepdims", 0L)));
+        b.Graph.Nodes.Add(new Node("ReduceSum", [hit1], [TrainingArtifacts.Top1], b.Unique("ReduceSum")).Set(NodeAttribute.Of("keepdims", 0L)));
         var idx = b.Unique("top5_indices");
         var vals = b.Unique("top5_values");
-        b.Graph.Nodes.Add(new Node("TopK", [logits, b.Ints(Math.Min(5, c))], [vals, idx], b.Unique("TopK")).Set(Attribute.Of("axis", 1L)));
+        b.Graph.Nodes.Add(new Node("TopK", [logits, b.Ints(Math.Min(5, c))], [vals, idx], b.Unique("TopK")).Set(NodeAttribute.Of("axis", 1L)));
         var hit5 = b.Cast(b.Op("Equal", [idx, lab]), DataType.Int64);
-        b.Graph.Nodes.Add(new Node("ReduceSum", [hit5], [TrainingArtifacts.Top5], b.Unique("ReduceSum")).Set(Attribute.Of("keepdims", 0L)));
+        b.Graph.Nodes.Add(new Node("ReduceSum", [hit5], [TrainingArtifacts.Top5], b.Unique("ReduceSum")).Set(NodeAttribute.Of("keepdims", 0L)));
         b.Prefix = saved;
         var t = new TensorType(DataType.Int64, []);
         return [new ValueInfo(TrainingArtifacts.Top1, t), new ValueInfo(TrainingArtifacts.Top5, t)];

@@ -39,7 +39,7 @@ public sealed class KernelProbe : IKernelAvailability, IDisposable
     }
 
     /// <summary>Probes a plain (op, dtype) pair with a canonical node: elementwise ops get two inputs of rank 2.</summary>
-    public bool Has(string opType, DataType t, int inputs = 2, long opset = 17, params Onnx.Attribute[] attrs)
+    public bool Has(string opType, DataType t, int inputs = 2, long opset = 17, params Onnx.NodeAttribute[] attrs)
     {
         var n = new Node(opType, Enumerable.Range(0, inputs).Select(i => "x" + i), ["y"]);
         foreach (var a in attrs) n.Set(a);

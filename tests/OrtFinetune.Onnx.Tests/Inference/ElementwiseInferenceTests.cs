@@ -1,6 +1,6 @@
 using OrtFinetune.Onnx;
 using static OrtFinetune.Onnx.Tests.Support.OneNode;
-using A = OrtFinetune.Onnx.Attribute;
+using A = OrtFinetune.Onnx.NodeAttribute;
 
 namespace OrtFinetune.Onnx.Tests.Inference;
 

@@ -25,10 +25,10 @@ public static class OneNode
     /// Builds op(inputs) where each input is a type string / TensorType (graph input), a Tensor (initializer) or null (omitted);
     /// infers, and when <paramref name="ort"/> and all graph inputs are static, checks the result against ORT.
     /// </summary>
-    public static TensorType[] Run(string op, object?[] inputs, int outputs = 1, long opset = 17, bool ort = true, string domain = "", params Attribute[] attrs)
+    public static TensorType[] Run(string op, object?[] inputs, int outputs = 1, long opset = 17, bool ort = true, string domain = "", params NodeAttribute[] attrs)
         => Run(op, inputs, out _, outputs, opset, ort, domain, attrs);
 
-    public static TensorType[] Run(string op, object?[] inputs, out InferenceResult result, int outputs = 1, long opset = 17, bool ort = true, string domain = "", params Attribute[] attrs)
+    public static TensorType[] Run(string op, object?[] inputs, out InferenceResult result, int outputs = 1, long opset = 17, bool ort = true, string domain = "", params NodeAttribute[] attrs)
     {
         var m = new Model();
         m.Opsets[""] = opset;

@@ -5,7 +5,7 @@ using OrtFinetune.Training.Compiler;
 using OrtFinetune.Training.Compiler.Scheduling;
 using OrtFinetune.Training.Tests.Support;
 using Xunit.Abstractions;
-using Attribute = OrtFinetune.Onnx.Attribute;
+using NodeAttribute = OrtFinetune.Onnx.NodeAttribute;
 
 namespace OrtFinetune.Training.Tests.Compiler;
 
@@ -30,7 +30,7 @@ public class OrtNodeOrderTests(ITestOutputHelper log)
             g.Initializers[$"fc{i}.weight"] = Tensor.OfType($"fc{i}.weight", DataType.Float, GradCheck.RandnValues(10 + i, outDim * 8, 0.4), outDim, 8);
             g.Initializers[$"fc{i}.bias"] = Tensor.OfType($"fc{i}.bias", DataType.Float, GradCheck.RandnValues(50 + i, outDim, 0.1), outDim);
             var y = i == layers ? "logits" : $"h{i}";
-            g.Nodes.Add(new Node("Gemm", [x, $"fc{i}.weight", $"fc{i}.bias"], [y], $"fc{i}").Set(Attribute.Of("transB", 1L)));
+            g.Nodes.Add(new Node("Gemm", [x, $"fc{i}.weight", $"fc{i}.bias"], [y], $"fc{i}").Set(NodeAttribute.Of("transB", 1L)));
             if (i < layers) { g.Nodes.Add(new Node("Relu", [y], [$"r{i}"], $"relu{i}")); x = $"r{i}"; }
         }
         g.Outputs.Add(new ValueInfo("logits", new TensorType(DataType.Float, [new Dim("N"), 3])));

@@ -2,7 +2,7 @@ using OrtFinetune.Onnx;
 using OrtFinetune.Training.Compiler.Autodiff;
 using OrtFinetune.Training.Tests.Support;
 using Xunit.Abstractions;
-using Attribute = OrtFinetune.Onnx.Attribute;
+using NodeAttribute = OrtFinetune.Onnx.NodeAttribute;
 
 namespace OrtFinetune.Training.Tests.Gradients;
 
@@ -23,7 +23,7 @@ public class ActivationGradientTests(ITestOutputHelper log)
         return t with { Values = v };
     }
 
-    void Check(string op, double lo, double hi, Attribute[]? attrs = null, double[]? kinks = null, string domain = "", long opset = 17, int seed = 1, DataType preferred = DataType.Double)
+    void Check(string op, double lo, double hi, NodeAttribute[]? attrs = null, double[]? kinks = null, string domain = "", long opset = 17, int seed = 1, DataType preferred = DataType.Double)
     {
         foreach (var shape in Shapes)
         {
@@ -35,27 +35,27 @@ public class ActivationGradientTests(ITestOutputHelper log)
     }
 
     [Fact] public void Relu() => Check("Relu", -3, 3, kinks: [0]);
-    [Fact] public void LeakyRelu() { Check("LeakyRelu", -3, 3, kinks: [0]); Check("LeakyRelu", -3, 3, [Attribute.Of("alpha", 0.2f)], [0]); }
+    [Fact] public void LeakyRelu() { Check("LeakyRelu", -3, 3, kinks: [0]); Check("LeakyRelu", -3, 3, [NodeAttribute.Of("alpha", 0.2f)], [0]); }
     [Fact] public void Sigmoid() => Check("Sigmoid", -4, 4);
     [Fact] public void Tanh() => Check("Tanh", -3, 3);
     [Fact] public void Softplus() => Check("Softplus", -4, 4);
     [Fact] public void Softsign() => Check("Softsign", -4, 4, kinks: [0]);
-    [Fact] public void Elu() { Check("Elu", -3, 3, kinks: [0]); Check("Elu", -3, 3, [Attribute.Of("alpha", 0.7f)], [0]); }
+    [Fact] public void Elu() { Check("Elu", -3, 3, kinks: [0]); Check("Elu", -3, 3, [NodeAttribute.Of("alpha", 0.7f)], [0]); }
     [Fact] public void Selu() => Check("Selu", -3, 3, kinks: [0]);
-    [Fact] public void Celu() => Check("Celu", -3, 3, [Attribute.Of("alpha", 1.5f)], [0], preferred: DataType.Float); // no double Celu kernel
-    [Fact] public void ThresholdedRelu() => Check("ThresholdedRelu", -3, 3, [Attribute.Of("alpha", 0.5f)], [0.5]);
+    [Fact] public void Celu() => Check("Celu", -3, 3, [NodeAttribute.Of("alpha", 1.5f)], [0], preferred: DataType.Float); // no double Celu kernel
+    [Fact] public void ThresholdedRelu() => Check("ThresholdedRelu", -3, 3, [NodeAttribute.Of("alpha", 0.5f)], [0.5]);
     [Fact]
     public void HardSigmoid()
     {
         Check("HardSigmoid", -4, 4, kinks: [-2.5, 2.5]);
-        Check("HardSigmoid", -4, 4, [Attribute.Of("alpha", 0.5f), Attribute.Of("beta", 0.25f)], [-0.5, 1.5]);
+        Check("HardSigmoid", -4, 4, [NodeAttribute.Of("alpha", 0.5f), NodeAttribute.Of("beta", 0.25f)], [-0.5, 1.5]);
     }
     [Fact] public void HardSwish() => Check("HardSwish", -5, 5, kinks: [-3, 3], opset: 17);
 
     [Theory]
     [InlineData("none")]
     [InlineData("tanh")]
-    public void GeluOpset20(string approximate) => Check("Gelu", -3, 3, [Attribute.Of("approximate", approximate)], opset: 20);
+    public void GeluOpset20(string approximate) => Check("Gelu", -3, 3, [NodeAttribute.Of("approximate", approximate)], opset: 20);
 
     [Fact] public void GeluMicrosoft() => Check("Gelu", -3, 3, domain: "com.microsoft");
 
@@ -106,7 +106,7 @@ public class ActivationGradientTests(ITestOutputHelper log)
         GradCheck.Run(new GradCase
         {
             OpType = "Clip", Seed = 4, Opset = 10,
-            Attributes = [Attribute.Of("min", -1f), Attribute.Of("max", 1.5f)], Inputs = [new("x", x)],
+            Attributes = [NodeAttribute.Of("min", -1f), NodeAttribute.Of("max", 1.5f)], Inputs = [new("x", x)],
         });
     }
 
@@ -218,7 +218,7 @@ public class ActivationGradientTests(ITestOutputHelper log)
         var c = b.Const(Tensor.OfType("", ft, cot, x.Shape), "cotangent");
         var prod = b.Mul("out0", c);
         g.ValueTypes[prod] = TensorType.Of(ft, x.Shape);
-        g.Nodes.Add(new Node("ReduceSum", [prod], ["loss"], "loss_sum").Set(Attribute.Of("keepdims", 0L)));
+        g.Nodes.Add(new Node("ReduceSum", [prod], ["loss"], "loss_sum").Set(NodeAttribute.Of("keepdims", 0L)));
         g.ValueTypes["loss"] = new TensorType(ft, []);
         g.Outputs.Add(new ValueInfo("loss", new TensorType(ft, [])));
         var grads = Autodiff.Differentiate(g, opset, "loss", ["x"]);

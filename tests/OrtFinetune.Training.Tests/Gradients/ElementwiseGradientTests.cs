@@ -99,7 +99,7 @@ public class ElementwiseGradientTests(ITestOutputHelper log)
         // float input (harness dtype) cast to float64 and back: gradient passes through unchanged
         GradCheck.Run(new GradCase
         {
-            OpType = "Cast", Seed = 41, Attributes = [OrtFinetune.Onnx.Attribute.Of("to", (long)DataType.Double)],
+            OpType = "Cast", Seed = 41, Attributes = [OrtFinetune.Onnx.NodeAttribute.Of("to", (long)DataType.Double)],
             Inputs = [new("x", GradCheck.Randn(41, 2, 5))],
         });
     }

@@ -3,7 +3,7 @@ using OrtFinetune.Training.Compiler;
 using OrtFinetune.Training.Compiler.Fusion;
 using OrtFinetune.Training.Tests.Support;
 using Xunit.Abstractions;
-using Attribute = OrtFinetune.Onnx.Attribute;
+using NodeAttribute = OrtFinetune.Onnx.NodeAttribute;
 using AD = OrtFinetune.Training.Compiler.Autodiff.Autodiff;
 
 namespace OrtFinetune.Training.Tests.Gradients;
@@ -31,7 +31,7 @@ public class ErfGeluFusionTests(ITestOutputHelper log)
         void Const(string name, double v)
         {
             var t = Tensor.OfType(name, DataType.Float, [v]);
-            if (constantNodes) g.Nodes.Add(new Node("Constant", [], [name], name + "_node").Set(Attribute.Of("value", t)));
+            if (constantNodes) g.Nodes.Add(new Node("Constant", [], [name], name + "_node").Set(NodeAttribute.Of("value", t)));
             else g.Initializers[name] = t;
         }
         bool odd = form == "odd";
@@ -57,7 +57,7 @@ public class ErfGeluFusionTests(ITestOutputHelper log)
             default: throw new ArgumentException(form);
         }
         N("Mul", "y", "cot", "yc");
-        g.Nodes.Add(new Node("ReduceSum", ["yc"], ["loss"], "rs").Set(Attribute.Of("keepdims", 0L)));
+        g.Nodes.Add(new Node("ReduceSum", ["yc"], ["loss"], "rs").Set(NodeAttribute.Of("keepdims", 0L)));
         g.Outputs.Add(new ValueInfo("loss", new TensorType(DataType.Float, [])));
         g.SortTopologically();
         ShapeInference.Infer(m);
@@ -171,15 +171,15 @@ public class ErfGeluFusionTests(ITestOutputHelper log)
             g.Initializers["b2"] = Tensor.OfType("b2", DataType.Float, GradCheck.RandnValues(14, 3, 0.1), 3);
             // Constants as Constant nodes, as exporters write them (float initializers would be trainable parameters).
             foreach (var (name, v) in new[] { ("sqrt2", Math.Sqrt(2)), ("one", 1.0), ("half", 0.5) })
-                g.Nodes.Add(new Node("Constant", [], [name], name + "_const").Set(Attribute.Of("value", Tensor.OfType(name, DataType.Float, [v]))));
+                g.Nodes.Add(new Node("Constant", [], [name], name + "_const").Set(NodeAttribute.Of("value", Tensor.OfType(name, DataType.Float, [v]))));
             g.Inputs.Add(new ValueInfo("input", new TensorType(DataType.Float, [new Dim("N"), 4])));
-            g.Nodes.Add(new Node("Gemm", ["input", "w1", "b1"], ["u"], "fc1").Set(Attribute.Of("transB", 1L)));
+            g.Nodes.Add(new Node("Gemm", ["input", "w1", "b1"], ["u"], "fc1").Set(NodeAttribute.Of("transB", 1L)));
             g.Nodes.Add(new Node("Div", ["u", "sqrt2"], ["z"], "div"));
             g.Nodes.Add(new Node("Erf", ["z"], ["e"], "erf"));
             g.Nodes.Add(new Node("Add", ["e", "one"], ["p"], "add"));
             g.Nodes.Add(new Node("Mul", ["u", "p"], ["q"], "mul"));
             g.Nodes.Add(new Node("Mul", ["q", "half"], ["a"], "mul_1"));
-            g.Nodes.Add(new Node("Gemm", ["a", "w2", "b2"], ["logits"], "fc2").Set(Attribute.Of("transB", 1L)));
+            g.Nodes.Add(new Node("Gemm", ["a", "w2", "b2"], ["logits"], "fc2").Set(NodeAttribute.Of("transB", 1L)));
             g.Outputs.Add(new ValueInfo("logits", new TensorType(DataType.Float, [new Dim("N"), 3])));
             return m;
         }

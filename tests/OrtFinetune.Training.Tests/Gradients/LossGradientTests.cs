@@ -1,7 +1,7 @@
 using OrtFinetune.Onnx;
 using OrtFinetune.Training.Tests.Support;
 using Xunit.Abstractions;
-using Attribute = OrtFinetune.Onnx.Attribute;
+using NodeAttribute = OrtFinetune.Onnx.NodeAttribute;
 
 namespace OrtFinetune.Training.Tests.Gradients;
 
@@ -41,8 +41,8 @@ public class LossGradientTests(ITestOutputHelper log)
 
     void Check(string op, long[] shape, string reduction, bool weights, long? ignore, int[] lossOutputs, int seed)
     {
-        var attrs = new List<Attribute> { Attribute.Of("reduction", reduction) };
-        if (ignore is { } ig) attrs.Add(Attribute.Of("ignore_index", ig));
+        var attrs = new List<NodeAttribute> { NodeAttribute.Of("reduction", reduction) };
+        if (ignore is { } ig) attrs.Add(NodeAttribute.Of("ignore_index", ig));
         var x = op == "NegativeLogLikelihoodLoss" ? GradCheck.Uniform(seed, -3, -0.1, shape) : GradCheck.Randn(seed, shape);
         var inputs = new List<GradInput> { new("x", x), new("labels", Labels(seed + 1, shape, ignore), false) };
         if (weights) inputs.Add(new("w", GradCheck.Uniform(seed + 2, 0.2, 2.0, shape[1]), false));
@@ -86,7 +86,7 @@ public class LossGradientTests(ITestOutputHelper log)
     {
         var r = GradCheck.Run(new GradCase
         {
-            OpType = "SoftmaxCrossEntropyLoss", Seed = 212, Opset = 13, Attributes = [Attribute.Of("ignore_index", 1L)],
+            OpType = "SoftmaxCrossEntropyLoss", Seed = 212, Opset = 13, Attributes = [NodeAttribute.Of("ignore_index", 1L)],
             Inputs = [new("x", GradCheck.Randn(212, 3, 4)), new("labels", new HostTensor(DataType.Int32, [3], [0, 1, 2]), false)],
         });
         log.WriteLine(r.ToString());
@@ -110,7 +110,7 @@ public class LossGradientTests(ITestOutputHelper log)
         g.Inputs.Add(new ValueInfo("labels", new TensorType(DataType.Int64, [dims[0], .. dims[2..]])));
         g.Inputs.Add(new ValueInfo("w", new TensorType(DataType.Double, [dims[1]])));
         g.Nodes.Add(new Node("SoftmaxCrossEntropyLoss", ["x", "labels", "w"], ["loss"], "sce")
-            .Set(Attribute.Of("ignore_index", ignore)));
+            .Set(NodeAttribute.Of("ignore_index", ignore)));
         g.ValueTypes["loss"] = new TensorType(DataType.Double, []);
         var grads = OrtFinetune.Training.Compiler.Autodiff.Autodiff.Differentiate(g, 13, "loss", ["x"]);
         g.Outputs.Add(new ValueInfo(grads[0], g.TypeOf("x")!));

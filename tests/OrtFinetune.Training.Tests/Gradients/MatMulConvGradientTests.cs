@@ -2,7 +2,7 @@ using OrtFinetune.Onnx;
 using OrtFinetune.Training.Compiler;
 using OrtFinetune.Training.Tests.Support;
 using Xunit.Abstractions;
-using Attribute = OrtFinetune.Onnx.Attribute;
+using NodeAttribute = OrtFinetune.Onnx.NodeAttribute;
 
 namespace OrtFinetune.Training.Tests.Gradients;
 
@@ -56,7 +56,7 @@ public class MatMulConvGradientTests(ITestOutputHelper log)
         g.Inputs.Add(new ValueInfo("x", new TensorType(DataType.Float, [new Dim("batch"), 3, 4])));
         g.Inputs.Add(new ValueInfo("w", TensorType.Of(DataType.Float, 4, 5)));
         g.Nodes.Add(new Node("MatMul", ["x", "w"], ["y"], "mm"));
-        g.Nodes.Add(new Node("ReduceSum", ["y"], ["loss"], "rs") { }.Set(Attribute.Of("keepdims", 0L)));
+        g.Nodes.Add(new Node("ReduceSum", ["y"], ["loss"], "rs") { }.Set(NodeAttribute.Of("keepdims", 0L)));
         g.ValueTypes["y"] = new TensorType(DataType.Float, [new Dim("batch"), 3, 5]);
         g.ValueTypes["loss"] = new TensorType(DataType.Float, []);
         int before = g.Nodes.Count;
@@ -76,7 +76,7 @@ public class MatMulConvGradientTests(ITestOutputHelper log)
         g.Inputs.Add(new ValueInfo("q", new TensorType(DataType.Float, [new Dim("b"), 2, 3, 4])));
         g.Inputs.Add(new ValueInfo("k", new TensorType(DataType.Float, [new Dim("b"), 2, 4, 3])));
         g.Nodes.Add(new Node("MatMul", ["q", "k"], ["y"], "mm"));
-        g.Nodes.Add(new Node("ReduceSumSquare", ["y"], ["loss"], "rs").Set(Attribute.Of("keepdims", 0L)));
+        g.Nodes.Add(new Node("ReduceSumSquare", ["y"], ["loss"], "rs").Set(NodeAttribute.Of("keepdims", 0L)));
         g.ValueTypes["y"] = new TensorType(DataType.Float, [new Dim("b"), 2, 3, 3]);
         g.ValueTypes["loss"] = new TensorType(DataType.Float, []);
         int before = g.Nodes.Count;
@@ -112,7 +112,7 @@ public class MatMulConvGradientTests(ITestOutputHelper log)
             var r = GradCheck.Run(new GradCase
             {
                 OpType = "Gemm", Seed = 111,
-                Attributes = [Attribute.Of("transA", transA), Attribute.Of("transB", transB), Attribute.Of("alpha", 0.7f), Attribute.Of("beta", 1.3f)],
+                Attributes = [NodeAttribute.Of("transA", transA), NodeAttribute.Of("transB", transB), NodeAttribute.Of("alpha", 0.7f), NodeAttribute.Of("beta", 1.3f)],
                 Inputs = [new("a", GradCheck.Randn(111, a)), new("b", GradCheck.Randn(112, b)), new("c", GradCheck.Randn(113, cShape))],
             });
             log.WriteLine($"Gemm tA={transA} tB={transB} C={S(cShape)}: {r}");
@@ -120,7 +120,7 @@ public class MatMulConvGradientTests(ITestOutputHelper log)
         var r2 = GradCheck.Run(new GradCase
         {
             OpType = "Gemm", Seed = 114,
-            Attributes = [Attribute.Of("transA", transA), Attribute.Of("transB", transB)],
+            Attributes = [NodeAttribute.Of("transA", transA), NodeAttribute.Of("transB", transB)],
             Inputs = [new("a", GradCheck.Randn(114, a)), new("b", GradCheck.Randn(115, b))],
         });
         log.WriteLine($"Gemm tA={transA} tB={transB} no C: {r2}");
@@ -157,9 +157,9 @@ public class MatMulConvGradientTests(ITestOutputHelper log)
     [Theory, MemberData(nameof(ConvCases))]
     public void Conv(ConvSpec s)
     {
-        var attrs = new List<Attribute> { Attribute.Of("strides", s.Strides), Attribute.Of("dilations", s.Dilations), Attribute.Of("group", s.Group) };
-        if (s.AutoPad == "NOTSET") attrs.Add(Attribute.Of("pads", s.Pads));
-        else attrs.Add(Attribute.Of("auto_pad", s.AutoPad));
+        var attrs = new List<NodeAttribute> { NodeAttribute.Of("strides", s.Strides), NodeAttribute.Of("dilations", s.Dilations), NodeAttribute.Of("group", s.Group) };
+        if (s.AutoPad == "NOTSET") attrs.Add(NodeAttribute.Of("pads", s.Pads));
+        else attrs.Add(NodeAttribute.Of("auto_pad", s.AutoPad));
         var inputs = new List<GradInput> { new("x", GradCheck.Randn(121, s.X)), new("w", GradCheck.Randn(122, s.W)) };
         if (s.Bias) inputs.Add(new("b", GradCheck.Randn(123, s.W[0])));
         var r = GradCheck.Run(new GradCase { OpType = "Conv", Seed = 121, Attributes = attrs.ToArray(), Inputs = inputs.ToArray(), MaxProbes = 400 });
@@ -187,11 +187,11 @@ public class MatMulConvGradientTests(ITestOutputHelper log)
         g.Inputs.Add(new ValueInfo("b", TensorType.Of(DataType.Float, s.W[0])));
         g.Initializers["cot"] = Tensor.OfType("cot", DataType.Float, cot.Values, y);
         var conv = new Node("Conv", ["x", "w", "b"], ["y"], "conv")
-            .Set(Attribute.Of("strides", s.Strides)).Set(Attribute.Of("dilations", s.Dilations)).Set(Attribute.Of("group", s.Group));
-        conv.Set(s.AutoPad == "VALID" ? Attribute.Of("auto_pad", "VALID") : Attribute.Of("pads", s.Pads));
+            .Set(NodeAttribute.Of("strides", s.Strides)).Set(NodeAttribute.Of("dilations", s.Dilations)).Set(NodeAttribute.Of("group", s.Group));
+        conv.Set(s.AutoPad == "VALID" ? NodeAttribute.Of("auto_pad", "VALID") : NodeAttribute.Of("pads", s.Pads));
         g.Nodes.Add(conv);
         g.Nodes.Add(new Node("Mul", ["y", "cot"], ["yc"], "mul"));
-        g.Nodes.Add(new Node("ReduceSum", ["yc"], ["loss"], "rs").Set(Attribute.Of("keepdims", 0L)));
+        g.Nodes.Add(new Node("ReduceSum", ["yc"], ["loss"], "rs").Set(NodeAttribute.Of("keepdims", 0L)));
         g.ValueTypes["y"] = TensorType.Of(DataType.Float, y);
         g.ValueTypes["yc"] = TensorType.Of(DataType.Float, y);
         g.ValueTypes["loss"] = new TensorType(DataType.Float, []);
@@ -256,7 +256,7 @@ public class MatMulConvGradientTests(ITestOutputHelper log)
         g.Inputs.Add(new ValueInfo("x", new TensorType(DataType.Float, [new Dim("n"), 3, new Dim("h"), new Dim("w")])));
         g.Inputs.Add(new ValueInfo("w", TensorType.Of(DataType.Float, 4, 3, 3, 3)));
         g.Nodes.Add(new Node("Conv", ["x", "w"], ["y"], "conv"));
-        g.Nodes.Add(new Node("ReduceSum", ["y"], ["loss"], "rs").Set(Attribute.Of("keepdims", 0L)));
+        g.Nodes.Add(new Node("ReduceSum", ["y"], ["loss"], "rs").Set(NodeAttribute.Of("keepdims", 0L)));
         g.ValueTypes["y"] = new TensorType(DataType.Float, [new Dim("n"), 4, Dim.Unknown, Dim.Unknown]);
         g.ValueTypes["loss"] = new TensorType(DataType.Float, []);
         var e = Assert.Throws<CompileException>(() => OrtFinetune.Training.Compiler.Autodiff.Autodiff.Differentiate(g, 17, "loss", ["w"]));
@@ -271,8 +271,8 @@ public class MatMulConvGradientTests(ITestOutputHelper log)
         var g = m.Graph;
         g.Inputs.Add(new ValueInfo("x", new TensorType(DataType.Float, [new Dim("n"), 4, 6, 6])));
         g.Inputs.Add(new ValueInfo("w", TensorType.Of(DataType.Float, 6, 2, 3, 3)));
-        g.Nodes.Add(new Node("Conv", ["x", "w"], ["y"], "conv").Set(Attribute.Of("group", 2L)).Set(Attribute.Of("pads", new long[] { 1, 1, 1, 1 })));
-        g.Nodes.Add(new Node("ReduceSum", ["y"], ["loss"], "rs").Set(Attribute.Of("keepdims", 0L)));
+        g.Nodes.Add(new Node("Conv", ["x", "w"], ["y"], "conv").Set(NodeAttribute.Of("group", 2L)).Set(NodeAttribute.Of("pads", new long[] { 1, 1, 1, 1 })));
+        g.Nodes.Add(new Node("ReduceSum", ["y"], ["loss"], "rs").Set(NodeAttribute.Of("keepdims", 0L)));
         g.ValueTypes["y"] = new TensorType(DataType.Float, [new Dim("n"), 6, 6, 6]);
         g.ValueTypes["loss"] = new TensorType(DataType.Float, []);
         var grads = OrtFinetune.Training.Compiler.Autodiff.Autodiff.Differentiate(g, 17, "loss", ["x", "w"]);

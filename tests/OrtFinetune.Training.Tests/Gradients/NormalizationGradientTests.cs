@@ -1,7 +1,7 @@
 using OrtFinetune.Onnx;
 using OrtFinetune.Training.Tests.Support;
 using Xunit.Abstractions;
-using Attribute = OrtFinetune.Onnx.Attribute;
+using NodeAttribute = OrtFinetune.Onnx.NodeAttribute;
 
 namespace OrtFinetune.Training.Tests.Gradients;
 
@@ -25,7 +25,7 @@ public class NormalizationGradientTests(ITestOutputHelper log)
         var r = GradCheck.Run(new GradCase
         {
             OpType = op, Seed = seed, Opset = opset,
-            Attributes = axis is { } a ? [Attribute.Of("axis", a)] : [],
+            Attributes = axis is { } a ? [NodeAttribute.Of("axis", a)] : [],
             Inputs = [new("x", GradCheck.Randn(seed, shape))],
         });
         log.WriteLine($"{op} opset {opset} [{string.Join(",", shape)}] axis={axis?.ToString() ?? "default"}: {r}");
@@ -74,9 +74,9 @@ public class NormalizationGradientTests(ITestOutputHelper log)
         int rank = shape.Length;
         int a = (int)(axis is { } v ? (v < 0 ? v + rank : v) : rank - 1);
         var normShape = shape[a..];
-        var attrs = new List<Attribute> { Attribute.Of("epsilon", 1e-3f) };
-        if (axis is { } ax) attrs.Add(Attribute.Of("axis", ax));
-        if (outputs == 3) attrs.Add(Attribute.Of("stash_type", 1L));
+        var attrs = new List<NodeAttribute> { NodeAttribute.Of("epsilon", 1e-3f) };
+        if (axis is { } ax) attrs.Add(NodeAttribute.Of("axis", ax));
+        if (outputs == 3) attrs.Add(NodeAttribute.Of("stash_type", 1L));
         var inputs = new List<GradInput> { new("x", GradCheck.Randn(111, shape)), new("scale", GradCheck.Randn(112, normShape)) };
         if (bias) inputs.Add(new("b", GradCheck.Randn(113, normShape)));
         var r = GradCheck.Run(new GradCase
@@ -92,7 +92,7 @@ public class NormalizationGradientTests(ITestOutputHelper log)
         // scale broadcast over the normalized axes (shape [1, 4] for normalized dims [3, 4]) and a constant bias
         var r = GradCheck.Run(new GradCase
         {
-            OpType = "LayerNormalization", Seed = 121, Attributes = [Attribute.Of("axis", 1L)],
+            OpType = "LayerNormalization", Seed = 121, Attributes = [NodeAttribute.Of("axis", 1L)],
             Inputs = [new("x", GradCheck.Randn(121, 2, 3, 4)), new("scale", GradCheck.Randn(122, 1, 4)),
                       new("b", GradCheck.Randn(123, 3, 4), Differentiable: false)],
         });
@@ -128,7 +128,7 @@ public class NormalizationGradientTests(ITestOutputHelper log)
         var r = GradCheck.Run(new GradCase
         {
             OpType = "BatchNormalization", Seed = 131, Opset = 15, Outputs = 3,
-            Attributes = [Attribute.Of("training_mode", 1L), Attribute.Of("epsilon", 1e-3f), Attribute.Of("momentum", 0.8f)],
+            Attributes = [NodeAttribute.Of("training_mode", 1L), NodeAttribute.Of("epsilon", 1e-3f), NodeAttribute.Of("momentum", 0.8f)],
             Inputs = BatchNormInputs(131, shape),
         });
         log.WriteLine($"BatchNormalization training [{string.Join(",", shape)}]: {r}");
@@ -137,7 +137,7 @@ public class NormalizationGradientTests(ITestOutputHelper log)
     [Theory, MemberData(nameof(BatchNormShapes))]
     public void BatchNormalizationInference(long[] shape)
     {
-        foreach (var attrs in new Attribute[][] { [], [Attribute.Of("training_mode", 0L), Attribute.Of("epsilon", 1e-2f)] })
+        foreach (var attrs in new NodeAttribute[][] { [], [NodeAttribute.Of("training_mode", 0L), NodeAttribute.Of("epsilon", 1e-2f)] })
         {
             var r = GradCheck.Run(new GradCase
             {
@@ -152,7 +152,7 @@ public class NormalizationGradientTests(ITestOutputHelper log)
     {
         var r = GradCheck.Run(new GradCase
         {
-            OpType = "BatchNormalization", Seed = 151, Opset = 15, Outputs = 3, Attributes = [Attribute.Of("training_mode", 1L)],
+            OpType = "BatchNormalization", Seed = 151, Opset = 15, Outputs = 3, Attributes = [NodeAttribute.Of("training_mode", 1L)],
             Inputs = BatchNormInputs(151, [3, 2, 3], diffScale: false),
         });
         log.WriteLine(r.ToString());

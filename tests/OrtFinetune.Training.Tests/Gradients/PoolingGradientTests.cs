@@ -1,7 +1,7 @@
 using OrtFinetune.Onnx;
 using OrtFinetune.Training.Tests.Support;
 using Xunit.Abstractions;
-using Attribute = OrtFinetune.Onnx.Attribute;
+using NodeAttribute = OrtFinetune.Onnx.NodeAttribute;
 
 namespace OrtFinetune.Training.Tests.Gradients;
 
@@ -21,15 +21,15 @@ public class PoolingGradientTests(ITestOutputHelper log)
     public sealed record PoolSpec(string Name, long[] X, long[] Kernel, long[] Strides, long[] Pads, long CeilMode = 0, long[]? Dilations = null, long CountIncludePad = 0, string AutoPad = "NOTSET")
     {
         public override string ToString() => Name;
-        public Attribute[] Attrs(bool avg)
+        public NodeAttribute[] Attrs(bool avg)
         {
-            var a = new List<Attribute>
+            var a = new List<NodeAttribute>
             {
-                Attribute.Of("kernel_shape", Kernel), Attribute.Of("strides", Strides), Attribute.Of("ceil_mode", CeilMode),
+                NodeAttribute.Of("kernel_shape", Kernel), NodeAttribute.Of("strides", Strides), NodeAttribute.Of("ceil_mode", CeilMode),
             };
-            a.Add(AutoPad == "NOTSET" ? Attribute.Of("pads", Pads) : Attribute.Of("auto_pad", AutoPad));
-            if (Dilations != null) a.Add(Attribute.Of("dilations", Dilations));
-            if (avg) a.Add(Attribute.Of("count_include_pad", CountIncludePad));
+            a.Add(AutoPad == "NOTSET" ? NodeAttribute.Of("pads", Pads) : NodeAttribute.Of("auto_pad", AutoPad));
+            if (Dilations != null) a.Add(NodeAttribute.Of("dilations", Dilations));
+            if (avg) a.Add(NodeAttribute.Of("count_include_pad", CountIncludePad));
             return a.ToArray();
         }
     }

@@ -3,7 +3,7 @@ using OrtFinetune.Onnx;
 using OrtFinetune.Training.Compiler.Autodiff;
 using OrtFinetune.Training.Tests.Support;
 using Xunit.Abstractions;
-using Attribute = OrtFinetune.Onnx.Attribute;
+using NodeAttribute = OrtFinetune.Onnx.NodeAttribute;
 
 namespace OrtFinetune.Training.Tests.Gradients;
 
@@ -14,7 +14,7 @@ public class ShapeGradientTests(ITestOutputHelper log)
     static HostTensor I64Scalar(long v) => HostTensor.I64([v]) with { Shape = [] };
     static GradInput Ints(string name, params long[] v) => new(name, I64(v), false);
 
-    GradCheckResult Check(string op, GradInput[] inputs, Attribute[]? attrs = null, long opset = 17, int outputs = 1, int[]? loss = null, int seed = 1)
+    GradCheckResult Check(string op, GradInput[] inputs, NodeAttribute[]? attrs = null, long opset = 17, int outputs = 1, int[]? loss = null, int seed = 1)
     {
         var gc = new GradCase { OpType = op, Inputs = inputs, Attributes = attrs ?? [], Opset = opset, Outputs = outputs, LossOutputs = loss ?? [0], Seed = seed };
         var r = GradCheck.Run(gc);
@@ -26,7 +26,7 @@ public class ShapeGradientTests(ITestOutputHelper log)
     /// FD-checks the case with static shapes and constant index inputs, then checks that the graph
     /// compiled with symbolic dimensions, unknown output shapes and run-time index inputs gives the same gradient.
     /// </summary>
-    void CheckBoth(string op, GradInput[] inputs, Attribute[]? attrs = null, long opset = 17, int outputs = 1, int[]? loss = null, int seed = 1,
+    void CheckBoth(string op, GradInput[] inputs, NodeAttribute[]? attrs = null, long opset = 17, int outputs = 1, int[]? loss = null, int seed = 1,
         bool outputRankKnown = true)
     {
         Check(op, inputs, attrs, opset, outputs, loss, seed);
@@ -102,7 +102,7 @@ public class ShapeGradientTests(ITestOutputHelper log)
             var cot = b.Const(Tensor.OfType("", ft, GradCheck.RandnValues(++s, o.Count), o.Shape), $"cotangent{k}");
             var prod = b.Mul(typed, cot);
             gr.ValueTypes[prod] = type;
-            var term = b.Op("ReduceSum", [prod], Attribute.Of("keepdims", 0L));
+            var term = b.Op("ReduceSum", [prod], NodeAttribute.Of("keepdims", 0L));
             gr.ValueTypes[term] = new TensorType(ft, []);
             terms.Add(term);
         }
@@ -136,15 +136,15 @@ public class ShapeGradientTests(ITestOutputHelper log)
     [InlineData(1)]
     [InlineData(2)]
     [InlineData(-1)]
-    public void Flatten(long axis) => CheckBoth("Flatten", [new("x", X(3, 2, 3, 4))], [Attribute.Of("axis", axis)]);
+    public void Flatten(long axis) => CheckBoth("Flatten", [new("x", X(3, 2, 3, 4))], [NodeAttribute.Of("axis", axis)]);
 
     [Fact]
     public void Transpose()
     {
         CheckBoth("Transpose", [new("x", X(4, 2, 3, 4))]);
-        CheckBoth("Transpose", [new("x", X(5, 2, 3, 4))], [Attribute.Of("perm", new long[] { 1, 0, 2 })]);
-        CheckBoth("Transpose", [new("x", X(6, 2, 3, 4))], [Attribute.Of("perm", new long[] { 2, 0, 1 })]);
-        CheckBoth("Transpose", [new("x", X(7, 2, 3, 4, 5))], [Attribute.Of("perm", new long[] { 0, 2, 3, 1 })]);
+        CheckBoth("Transpose", [new("x", X(5, 2, 3, 4))], [NodeAttribute.Of("perm", new long[] { 1, 0, 2 })]);
+        CheckBoth("Transpose", [new("x", X(6, 2, 3, 4))], [NodeAttribute.Of("perm", new long[] { 2, 0, 1 })]);
+        CheckBoth("Transpose", [new("x", X(7, 2, 3, 4, 5))], [NodeAttribute.Of("perm", new long[] { 0, 2, 3, 1 })]);
     }
 
     [Fact]
@@ -155,7 +155,7 @@ public class ShapeGradientTests(ITestOutputHelper log)
         CheckBoth("Squeeze", [new("x", X(10, 1, 3, 1))]);
         CheckBoth("Unsqueeze", [new("x", X(11, 2, 3)), Ints("axes", 0, 3)]);
         CheckBoth("Unsqueeze", [new("x", X(12, 2, 3)), Ints("axes", -1)]);
-        Check("Unsqueeze", [new("x", X(13, 2, 3))], [Attribute.Of("axes", new long[] { 1 })], opset: 11);
+        Check("Unsqueeze", [new("x", X(13, 2, 3))], [NodeAttribute.Of("axes", new long[] { 1 })], opset: 11);
     }
 
     [Theory]
@@ -182,16 +182,16 @@ public class ShapeGradientTests(ITestOutputHelper log)
     public void Concat(long axis)
     {
         long[] S(long k) { var s = new long[] { 2, 3, 4 }; s[(int)(axis < 0 ? axis + 3 : axis)] = k; return s; }
-        CheckBoth("Concat", [new("a", X(16, S(1))), new("b", X(17, S(3)))], [Attribute.Of("axis", axis)]);
-        CheckBoth("Concat", [new("a", X(18, S(2))), new("b", X(19, S(1))), new("c", X(20, S(3)))], [Attribute.Of("axis", axis)]);
-        CheckBoth("Concat", [new("a", X(18, S(2))), new("b", X(19, S(1))), new("c", X(20, S(3)))], [Attribute.Of("axis", axis)], opset: 11);
+        CheckBoth("Concat", [new("a", X(16, S(1))), new("b", X(17, S(3)))], [NodeAttribute.Of("axis", axis)]);
+        CheckBoth("Concat", [new("a", X(18, S(2))), new("b", X(19, S(1))), new("c", X(20, S(3)))], [NodeAttribute.Of("axis", axis)]);
+        CheckBoth("Concat", [new("a", X(18, S(2))), new("b", X(19, S(1))), new("c", X(20, S(3)))], [NodeAttribute.Of("axis", axis)], opset: 11);
     }
 
     [Fact]
     public void ConcatWithConstantInput()
     {
         // only some inputs are trainable
-        Check("Concat", [new("a", X(21, 2, 3)), new("k", X(22, 2, 2), false), new("c", X(23, 2, 1))], [Attribute.Of("axis", 1L)]);
+        Check("Concat", [new("a", X(21, 2, 3)), new("k", X(22, 2, 2), false), new("c", X(23, 2, 1))], [NodeAttribute.Of("axis", 1L)]);
     }
 
     public static TheoryData<int[]> LossSubsets => new() { new[] { 0, 1, 2 }, new[] { 0 }, new[] { 1, 2 }, new[] { 2 } };
@@ -199,16 +199,16 @@ public class ShapeGradientTests(ITestOutputHelper log)
     [Theory, MemberData(nameof(LossSubsets))]
     public void SplitWithSizes(int[] loss)
     {
-        CheckBoth("Split", [new("x", X(24, 2, 6, 3)), Ints("split", 2, 3, 1)], [Attribute.Of("axis", 1L)], outputs: 3, loss: loss);
-        Check("Split", [new("x", X(25, 6, 3))], [Attribute.Of("split", new long[] { 1, 4, 1 })], opset: 11, outputs: 3, loss: loss);
+        CheckBoth("Split", [new("x", X(24, 2, 6, 3)), Ints("split", 2, 3, 1)], [NodeAttribute.Of("axis", 1L)], outputs: 3, loss: loss);
+        Check("Split", [new("x", X(25, 6, 3))], [NodeAttribute.Of("split", new long[] { 1, 4, 1 })], opset: 11, outputs: 3, loss: loss);
     }
 
     [Theory, MemberData(nameof(LossSubsets))]
     public void SplitEqual(int[] loss)
     {
-        CheckBoth("Split", [new("x", X(26, 2, 3, 6))], [Attribute.Of("axis", -1L)], outputs: 3, loss: loss);
+        CheckBoth("Split", [new("x", X(26, 2, 3, 6))], [NodeAttribute.Of("axis", -1L)], outputs: 3, loss: loss);
         // opset 18: num_outputs, uneven last chunk (7 = 3 + 3 + 1)
-        CheckBoth("Split", [new("x", X(27, 7, 2))], [Attribute.Of("num_outputs", 3L)], opset: 18, outputs: 3, loss: loss);
+        CheckBoth("Split", [new("x", X(27, 7, 2))], [NodeAttribute.Of("num_outputs", 3L)], opset: 18, outputs: 3, loss: loss);
     }
 
     // ------------------------------------------------------------------ slice
@@ -238,7 +238,7 @@ public class ShapeGradientTests(ITestOutputHelper log)
     public void SliceOpset9Attributes()
     {
         Check("Slice", [new("x", X(29, 3, 4))],
-            [Attribute.Of("starts", new long[] { 1, -3 }), Attribute.Of("ends", new long[] { 3, 100 }), Attribute.Of("axes", new long[] { 0, 1 })], opset: 9);
+            [NodeAttribute.Of("starts", new long[] { 1, -3 }), NodeAttribute.Of("ends", new long[] { 3, 100 }), NodeAttribute.Of("axes", new long[] { 0, 1 })], opset: 9);
     }
 
     // ------------------------------------------------------------------ gather
@@ -257,16 +257,16 @@ public class ShapeGradientTests(ITestOutputHelper log)
     [Theory, MemberData(nameof(GatherCases))]
     public void Gather(long[] data, HostTensor idx, long axis)
     {
-        CheckBoth("Gather", [new("x", X(30, data)), new("idx", idx, false)], [Attribute.Of("axis", axis)]);
-        CheckBoth("Gather", [new("x", X(30, data)), new("idx", idx, false)], [Attribute.Of("axis", axis)], opset: 13); // one-hot fallback
+        CheckBoth("Gather", [new("x", X(30, data)), new("idx", idx, false)], [NodeAttribute.Of("axis", axis)]);
+        CheckBoth("Gather", [new("x", X(30, data)), new("idx", idx, false)], [NodeAttribute.Of("axis", axis)], opset: 13); // one-hot fallback
     }
 
     [Fact]
     public void GatherInt32Indices()
     {
         var idx = new HostTensor(DataType.Int32, [3], [1, -1, 1]);
-        Check("Gather", [new("x", X(31, 4, 2)), new("idx", idx, false)], [Attribute.Of("axis", 0L)]);
-        Check("Gather", [new("x", X(31, 4, 2)), new("idx", idx, false)], [Attribute.Of("axis", 1L)]);
+        Check("Gather", [new("x", X(31, 4, 2)), new("idx", idx, false)], [NodeAttribute.Of("axis", 0L)]);
+        Check("Gather", [new("x", X(31, 4, 2)), new("idx", idx, false)], [NodeAttribute.Of("axis", 1L)]);
     }
 
     [Theory]
@@ -277,7 +277,7 @@ public class ShapeGradientTests(ITestOutputHelper log)
     {
         var idx = axis == 0 ? HostTensor.I64([0, 2, -1, 0, 0, 1], 2, 3) : HostTensor.I64([1, 1, -3, 0, 2, 2, 2, 0], 2, 4);
         var x = axis == 0 ? X(32, 3, 3) : X(33, 2, 3);
-        CheckBoth("GatherElements", [new("x", x), new("idx", idx, false)], [Attribute.Of("axis", axis)]);
+        CheckBoth("GatherElements", [new("x", x), new("idx", idx, false)], [NodeAttribute.Of("axis", axis)]);
     }
 
     // ------------------------------------------------------------------ tile / pad
@@ -297,7 +297,7 @@ public class ShapeGradientTests(ITestOutputHelper log)
     {
         CheckBoth("Pad", [new("x", X(35, 3, 5)), Ints("pads", pads)]);
         Check("Pad", [new("x", X(35, 3, 5)), Ints("pads", pads), new("value", HostTensor.F64([0.5]) with { Shape = [] }, false)]);
-        Check("Pad", [new("x", X(35, 3, 5))], [Attribute.Of("pads", pads)], opset: 10);
+        Check("Pad", [new("x", X(35, 3, 5))], [NodeAttribute.Of("pads", pads)], opset: 10);
     }
 
     [Fact]
@@ -309,7 +309,7 @@ public class ShapeGradientTests(ITestOutputHelper log)
     [Fact]
     public void PadReflectIsRejected()
     {
-        var e = Assert.ThrowsAny<Exception>(() => Check("Pad", [new("x", X(37, 3, 5)), Ints("pads", 1, 1, 1, 1)], [Attribute.Of("mode", "reflect")]));
+        var e = Assert.ThrowsAny<Exception>(() => Check("Pad", [new("x", X(37, 3, 5)), Ints("pads", 1, 1, 1, 1)], [NodeAttribute.Of("mode", "reflect")]));
         Assert.Contains("reflect", e.Message);
     }
 }

@@ -5,7 +5,7 @@ using OrtFinetune.Training.Compiler.Precision;
 using OrtFinetune.Training.Runtime;
 using OrtFinetune.Training.Tests.Support;
 using Xunit.Abstractions;
-using Attribute = OrtFinetune.Onnx.Attribute;
+using NodeAttribute = OrtFinetune.Onnx.NodeAttribute;
 
 namespace OrtFinetune.Training.Tests.Precision;
 
@@ -72,7 +72,7 @@ public class AutocastPassTests(ITestOutputHelper log)
         var g = m.Graph;
         g.Inputs.Add(new ValueInfo("x", TensorType.Of(DataType.Float, 2)));
         g.Inputs.Add(new ValueInfo("h", TensorType.Of(DataType.Float16, 2)));
-        Node Cast(string i, string o, DataType t) => new Node("Cast", [i], [o], "c_" + o).Set(Attribute.Of("to", (long)t));
+        Node Cast(string i, string o, DataType t) => new Node("Cast", [i], [o], "c_" + o).Set(NodeAttribute.Of("to", (long)t));
         g.Nodes.Add(Cast("x", "x32", DataType.Float));          // identity
         g.Nodes.Add(Cast("h", "h32", DataType.Float));
         g.Nodes.Add(Cast("h32", "h16", DataType.Float16));      // lossless round trip -> h
@@ -101,7 +101,7 @@ public class AutocastPassTests(ITestOutputHelper log)
             var m = new Model();
             var g = m.Graph;
             g.Inputs.Add(new ValueInfo("h", TensorType.Of(DataType.Float16, 2)));
-            Node Cast(string i, string o) => new Node("Cast", [i], [o], "c_" + o).Set(Attribute.Of("to", (long)DataType.Float));
+            Node Cast(string i, string o) => new Node("Cast", [i], [o], "c_" + o).Set(NodeAttribute.Of("to", (long)DataType.Float));
             g.Nodes.Add(Cast("h", "h32a"));
             g.Nodes.Add(Cast("h", "h32b"));
             g.Nodes.Add(new Node("Add", ["h32a", "h32b"], ["a"], "a"));
@@ -195,7 +195,7 @@ public class AutocastPassTests(ITestOutputHelper log)
         g.Nodes.Add(new Node("Add", ["h", "b1"], ["hb"], "bias1"));
         g.Nodes.Add(new Node("Relu", ["hb"], ["r"], "relu"));
         g.Nodes.Add(new Node("MatMul", ["r", "w2"], ["z"], "fc2"));
-        g.Nodes.Add(new Node("Softmax", ["z"], ["s"], "softmax").Set(Attribute.Of("axis", -1L)));
+        g.Nodes.Add(new Node("Softmax", ["z"], ["s"], "softmax").Set(NodeAttribute.Of("axis", -1L)));
         g.Nodes.Add(new Node("MatMul", ["x", "w1"], ["h2"], "fc1_again"));
         g.Nodes.Add(new Node("Add", ["s", "h2"], ["y"], "mix"));
         g.Outputs.Add(new ValueInfo("y", new TensorType(DataType.Float, [new Dim("N"), 3])));

@@ -1,7 +1,7 @@
 using Microsoft.ML.OnnxRuntime;
 using OrtFinetune.Onnx;
 using OrtFinetune.Training.Compiler.Autodiff;
-using Attribute = OrtFinetune.Onnx.Attribute;
+using NodeAttribute = OrtFinetune.Onnx.NodeAttribute;
 
 namespace OrtFinetune.Training.Tests.Support;
 
@@ -17,7 +17,7 @@ public sealed class GradCase
 {
     public required string OpType { get; init; }
     public string Domain { get; init; } = "";
-    public Attribute[] Attributes { get; init; } = [];
+    public NodeAttribute[] Attributes { get; init; } = [];
     public required GradInput[] Inputs { get; init; }
     /// <summary>Number of node outputs to declare.</summary>
     public int Outputs { get; init; } = 1;
@@ -132,7 +132,7 @@ public static class GradCheck
                 var cot = b.Const(Tensor.OfType("", ot, RandnValues(++s, o.Count), o.Shape), $"cotangent{k}");
                 var prod = b.Mul($"out{k}", cot);
                 g.ValueTypes[prod] = TensorType.Of(ot, o.Shape);
-                var term = b.Op("ReduceSum", [prod], Attribute.Of("keepdims", 0L));
+                var term = b.Op("ReduceSum", [prod], NodeAttribute.Of("keepdims", 0L));
                 g.ValueTypes[term] = new TensorType(ot, []);
                 terms.Add(term);
             }

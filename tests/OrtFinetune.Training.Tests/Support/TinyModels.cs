@@ -1,5 +1,5 @@
 using OrtFinetune.Onnx;
-using Attribute = OrtFinetune.Onnx.Attribute;
+using NodeAttribute = OrtFinetune.Onnx.NodeAttribute;
 
 namespace OrtFinetune.Training.Tests.Support;
 
@@ -23,12 +23,12 @@ public static class TinyModels
         g.Initializers["fc2.weight"] = Tensor.Float("fc2.weight", Init(Classes * 16, 0.25), Classes, 16);
         g.Initializers["fc2.bias"] = Tensor.Float("fc2.bias", Init(Classes, 0.05), Classes);
         g.Inputs.Add(new ValueInfo("input", new TensorType(DataType.Float, [new Dim("N"), 1, Size, Size])));
-        g.Nodes.Add(new Node("Conv", ["input", "conv.weight", "conv.bias"], ["c"], "conv").Set(Attribute.Of("pads", new long[] { 1, 1, 1, 1 })));
+        g.Nodes.Add(new Node("Conv", ["input", "conv.weight", "conv.bias"], ["c"], "conv").Set(NodeAttribute.Of("pads", new long[] { 1, 1, 1, 1 })));
         g.Nodes.Add(new Node("Relu", ["c"], ["r"], "relu"));
         g.Nodes.Add(new Node("Flatten", ["r"], ["f"], "flatten"));
-        g.Nodes.Add(new Node("Gemm", ["f", "fc1.weight", "fc1.bias"], ["h"], "fc1").Set(Attribute.Of("transB", 1L)));
+        g.Nodes.Add(new Node("Gemm", ["f", "fc1.weight", "fc1.bias"], ["h"], "fc1").Set(NodeAttribute.Of("transB", 1L)));
         g.Nodes.Add(new Node("Relu", ["h"], ["h2"], "relu2"));
-        g.Nodes.Add(new Node("Gemm", ["h2", "fc2.weight", "fc2.bias"], ["logits"], "fc2").Set(Attribute.Of("transB", 1L)));
+        g.Nodes.Add(new Node("Gemm", ["h2", "fc2.weight", "fc2.bias"], ["logits"], "fc2").Set(NodeAttribute.Of("transB", 1L)));
         g.Outputs.Add(new ValueInfo("logits", new TensorType(DataType.Float, [new Dim("N"), Classes])));
         return m;
     }

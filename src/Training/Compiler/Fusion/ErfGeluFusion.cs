@@ -1,6 +1,6 @@
 using OrtFinetune.Onnx;
 using OrtFinetune.Training.Compiler.Autodiff;
-using Attribute = OrtFinetune.Onnx.Attribute;
+using NodeAttribute = OrtFinetune.Onnx.NodeAttribute;
 
 namespace OrtFinetune.Training.Compiler.Fusion;
 
@@ -163,7 +163,7 @@ public static class ErfGeluFusion
             if (ConstantScalar(g, cst, producers) is not { } t || (t.Dims.Length > 0 && (rank == null || rank < t.Dims.Length))) return null;
 
         var composite = new Node(OpType, [x, scale, add, half], [y], chain[^1].Name.Length > 0 ? chain[^1].Name + "/erf_gelu" : "", Domain)
-            .Set(Attribute.Of("scale", scaleOp));
+            .Set(NodeAttribute.Of("scale", scaleOp));
         return (composite, chain);
     }
 

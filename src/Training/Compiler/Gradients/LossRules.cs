@@ -99,7 +99,7 @@ public static class LossRules
             default:
                 string denom = weight == null
                     ? c.B.Cast(c.B.Op("Size", [labels]), t)
-                    : c.B.Op("ReduceSum", [weight], OrtFinetune.Onnx.Attribute.Of("keepdims", 0L));
+                    : c.B.Op("ReduceSum", [weight], OrtFinetune.Onnx.NodeAttribute.Of("keepdims", 0L));
                 var gm = c.B.Div(g, denom);
                 factor = weight == null ? gm : c.B.Mul(gm, weight);
                 break;

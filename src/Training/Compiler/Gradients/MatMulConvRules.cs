@@ -1,6 +1,6 @@
 using OrtFinetune.Onnx;
 using OrtFinetune.Training.Compiler.Autodiff;
-using Attribute = OrtFinetune.Onnx.Attribute;
+using NodeAttribute = OrtFinetune.Onnx.NodeAttribute;
 
 namespace OrtFinetune.Training.Compiler.Gradients;
 
@@ -88,8 +88,8 @@ public static class MatMulConvRules
 
     static string Gemm2(GraphBuilder b, string x, string y, long transA, long transB, float alpha = 1f)
     {
-        var attrs = new List<Attribute> { Attribute.Of("transA", transA), Attribute.Of("transB", transB) };
-        if (alpha != 1f) attrs.Add(Attribute.Of("alpha", alpha));
+        var attrs = new List<NodeAttribute> { NodeAttribute.Of("transA", transA), NodeAttribute.Of("transB", transB) };
+        if (alpha != 1f) attrs.Add(NodeAttribute.Of("alpha", alpha));
         return b.Op("Gemm", [x, y], attrs.ToArray());
     }
 
@@ -245,12 +245,12 @@ public static class MatMulConvRules
                 outPad[i] = geo.In[i] - full;
                 if (outPad[i] < 0) throw new CompileException($"{node.Describe()}: inconsistent geometry (output_padding {outPad[i]} on spatial axis {i})");
             }
-            var attrs = new List<Attribute>
+            var attrs = new List<NodeAttribute>
             {
-                Attribute.Of("kernel_shape", kernel), Attribute.Of("strides", geo.Strides), Attribute.Of("pads", geo.Pads),
-                Attribute.Of("dilations", geo.Dilations), Attribute.Of("group", group),
+                NodeAttribute.Of("kernel_shape", kernel), NodeAttribute.Of("strides", geo.Strides), NodeAttribute.Of("pads", geo.Pads),
+                NodeAttribute.Of("dilations", geo.Dilations), NodeAttribute.Of("group", group),
             };
-            if (outPad.Any(p => p != 0)) attrs.Add(Attribute.Of("output_padding", outPad));
+            if (outPad.Any(p => p != 0)) attrs.Add(NodeAttribute.Of("output_padding", outPad));
             c.SetGI(0, b.Op("ConvTranspose", [g, w], attrs.ToArray()));
         }
 
@@ -271,8 +271,8 @@ public static class MatMulConvRules
             }
             var gt = b.Transpose(g, swap01); // [M, N, O...]
             var dw = b.Op("Conv", [xt, gt],
-                Attribute.Of("strides", geo.Dilations), Attribute.Of("dilations", geo.Strides),
-                Attribute.Of("pads", geo.Pads), Attribute.Of("group", group)); // [Cg, M, k'...]
+                NodeAttribute.Of("strides", geo.Dilations), NodeAttribute.Of("dilations", geo.Strides),
+                NodeAttribute.Of("pads", geo.Pads), NodeAttribute.Of("group", group)); // [Cg, M, k'...]
             dw = b.Transpose(dw, swap01); // [M, Cg, k'...]
             var kFull = new long[n];
             for (int i = 0; i < n; i++)

@@ -1,6 +1,6 @@
 using OrtFinetune.Onnx;
 using OrtFinetune.Training.Compiler.Autodiff;
-using Attribute = OrtFinetune.Onnx.Attribute;
+using NodeAttribute = OrtFinetune.Onnx.NodeAttribute;
 
 namespace OrtFinetune.Training.Compiler.Gradients;
 
@@ -31,7 +31,7 @@ public static class PoolingRules
         var flat = b.Ints(-1);
         var zeros = b.Reshape(b.ZerosLike(x, c.ElemType(x)), flat);
         var dx = b.Op("ScatterElements", [zeros, b.Reshape(indices, flat), b.Reshape(c.GO(0)!, flat)],
-            Attribute.Of("axis", 0L), Attribute.Of("reduction", "add"));
+            NodeAttribute.Of("axis", 0L), NodeAttribute.Of("reduction", "add"));
         c.SetGI(0, b.Reshape(dx, b.Shape(x)));
     }
 
@@ -88,11 +88,11 @@ public static class PoolingRules
         }
         var ones = b.Const(Tensor.OfType("", t, Enumerable.Repeat(1.0, (int)kernel.Aggregate(1L, (p, v) => p * v)).ToArray(), [1, 1, .. kernel]), "avgpool_ones");
         var g1 = b.Reshape(g, b.Ints([-1, 1, .. geo.Out]));
-        var attrs = new List<Attribute>
+        var attrs = new List<NodeAttribute>
         {
-            Attribute.Of("kernel_shape", kernel), Attribute.Of("strides", geo.Strides), Attribute.Of("pads", [.. geo.PadsBegin, .. padsEnd]),
+            NodeAttribute.Of("kernel_shape", kernel), NodeAttribute.Of("strides", geo.Strides), NodeAttribute.Of("pads", [.. geo.PadsBegin, .. padsEnd]),
         };
-        if (outPad.Any(p => p != 0)) attrs.Add(Attribute.Of("output_padding", outPad));
+        if (outPad.Any(p => p != 0)) attrs.Add(NodeAttribute.Of("output_padding", outPad));
         var dx = b.Op("ConvTranspose", [g1, ones], attrs.ToArray());
         c.SetGI(0, b.Reshape(dx, c.ReshapeTarget(x)));
     }

@@ -65,7 +65,7 @@ public static class ReductionRules
         var y = c.GetInt("keepdims", 1) == 0 && Axes(c).Length > 0 ? c.B.Unsqueeze(c.O(0), Axes(c)) : c.O(0);
         var mask = c.B.Cast(c.B.Op("Equal", [c.I(0), y]), t);
         var ties = c.Opset >= 13
-            ? c.B.Op("ReduceSum", [mask, c.B.Ints(Axes(c))], OrtFinetune.Onnx.Attribute.Of("keepdims", 1L))
+            ? c.B.Op("ReduceSum", [mask, c.B.Ints(Axes(c))], OrtFinetune.Onnx.NodeAttribute.Of("keepdims", 1L))
             : c.B.ReduceSum(mask, Axes(c), true);
         var g = c.GetInt("keepdims", 1) == 0 && Axes(c).Length > 0 ? c.B.Unsqueeze(c.GO(0)!, Axes(c)) : c.GO(0)!;
         c.SetGI(0, c.B.Mul(mask, c.B.Div(g, ties)));

@@ -1,6 +1,6 @@
 using OrtFinetune.Onnx;
 using OrtFinetune.Training.Compiler.Autodiff;
-using Attribute = OrtFinetune.Onnx.Attribute;
+using NodeAttribute = OrtFinetune.Onnx.NodeAttribute;
 
 namespace OrtFinetune.Training.Compiler.Gradients;
 
@@ -98,10 +98,10 @@ public static class ShapeRules
             string[] parts;
             if (dims.All(d => d != null))
                 parts = c.Opset >= 13
-                    ? c.B.OpN("Split", [g, c.B.Ints(dims.Select(d => d!.Value).ToArray())], n, Attribute.Of("axis", (long)axis))
-                    : c.B.OpN("Split", [g], n, Attribute.Of("axis", (long)axis), Attribute.Of("split", dims.Select(d => d!.Value).ToArray()));
+                    ? c.B.OpN("Split", [g, c.B.Ints(dims.Select(d => d!.Value).ToArray())], n, NodeAttribute.Of("axis", (long)axis))
+                    : c.B.OpN("Split", [g], n, NodeAttribute.Of("axis", (long)axis), NodeAttribute.Of("split", dims.Select(d => d!.Value).ToArray()));
             else
-                parts = c.B.OpN("Split", [g, c.B.Concat(0, Enumerable.Range(0, n).Select(i => Dim1(c, c.I(i), axis)).ToArray())], n, Attribute.Of("axis", (long)axis));
+                parts = c.B.OpN("Split", [g, c.B.Concat(0, Enumerable.Range(0, n).Select(i => Dim1(c, c.I(i), axis)).ToArray())], n, NodeAttribute.Of("axis", (long)axis));
             for (int i = 0; i < n; i++) c.SetGI(i, parts[i]);
             return;
         }
@@ -173,7 +173,7 @@ public static class ShapeRules
             if (pads.All(p => p == 0)) { c.SetGI(0, g); return; }
             c.SetGI(0, c.Opset >= 11
                 ? c.B.Op("Pad", [g, c.B.Ints(pads)])
-                : c.B.Op("Pad", [g], Attribute.Of("pads", pads)));
+                : c.B.Op("Pad", [g], NodeAttribute.Of("pads", pads)));
             return;
         }
         if (c.Opset < 11) throw new CompileException($"{c.Node.Describe()}: slices with run-time bounds need opset 11 or later to differentiate");
@@ -196,7 +196,7 @@ public static class ShapeRules
             pieces.Add(Dim1(c, x, a));
             if (a < rank - 1) pieces.Add(c.B.Slice(curShape, [a + 1], [rank], [0]));
             var zeros = c.B.Fill(pieces.Count == 1 ? pieces[0] : c.B.Concat(0, pieces.ToArray()), c.ElemType(x), 0);
-            cur = c.B.Op("ScatterElements", [zeros, idxFull, cur], Attribute.Of("axis", (long)a));
+            cur = c.B.Op("ScatterElements", [zeros, idxFull, cur], NodeAttribute.Of("axis", (long)a));
         }
         c.SetGI(0, cur);
     }
@@ -225,9 +225,9 @@ public static class ShapeRules
         {
             var zeros = b.ZerosLike(data, t);
             var dx = axis == 0
-                ? b.Op("ScatterND", [zeros, b.Unsqueeze(idx, 1), g2], Attribute.Of("reduction", "add"))
+                ? b.Op("ScatterND", [zeros, b.Unsqueeze(idx, 1), g2], NodeAttribute.Of("reduction", "add"))
                 : b.Op("ScatterElements", [zeros, b.Expand(b.Reshape(idx, AlongAxis(c, rank, axis)), b.Shape(g2)), g2],
-                    Attribute.Of("axis", (long)axis), Attribute.Of("reduction", "add"));
+                    NodeAttribute.Of("axis", (long)axis), NodeAttribute.Of("reduction", "add"));
             c.SetGI(0, dx);
             return;
         }
@@ -250,7 +250,7 @@ public static class ShapeRules
         int axis = GradientContext.NormAxis(c.GetInt("axis", 0), c.Rank(data));
         var idx = WrapNegative(c, ToInt64(c, c.I(1)), Dim0(c, data, axis));
         c.SetGI(0, c.B.Op("ScatterElements", [c.B.ZerosLike(data, c.ElemType(data)), idx, g],
-            Attribute.Of("axis", (long)axis), Attribute.Of("reduction", "add")));
+            NodeAttribute.Of("axis", (long)axis), NodeAttribute.Of("reduction", "add")));
     }
 
     /// <summary>
@@ -285,7 +285,7 @@ public static class ShapeRules
         if (c.Opset < 11)
         {
             var pads = c.Node.GetInts("pads") ?? [];
-            c.SetGI(0, c.B.Op("Pad", [g], Attribute.Of("pads", pads.Select(p => -p).ToArray())));
+            c.SetGI(0, c.B.Op("Pad", [g], NodeAttribute.Of("pads", pads.Select(p => -p).ToArray())));
             return;
         }
         var neg = c.ConstantInput(1) is { } pc ? c.B.Ints(pc.ToInt64s().Select(p => -p).ToArray()) : c.B.Neg(c.I(1));

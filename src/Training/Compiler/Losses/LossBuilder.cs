@@ -1,5 +1,5 @@
 using OrtFinetune.Onnx;
-using Attribute = OrtFinetune.Onnx.Attribute;
+using NodeAttribute = OrtFinetune.Onnx.NodeAttribute;
 
 namespace OrtFinetune.Training.Compiler.Losses;
 
@@ -34,7 +34,7 @@ public static class LossBuilder
     public static string CrossEntropy(GraphBuilder b, string logits, string labels, TensorType logitsType, LossOptions o, string lossName)
     {
         o.Validate();
-        var attrs = new[] { Attribute.Of("reduction", o.Reduction), Attribute.Of("ignore_index", o.IgnoreIndex) };
+        var attrs = new[] { NodeAttribute.Of("reduction", o.Reduction), NodeAttribute.Of("ignore_index", o.IgnoreIndex) };
         var t = logitsType.ElemType;
         if (o.LabelSmoothing == 0)
         {

@@ -1,6 +1,6 @@
 using OrtFinetune.Onnx;
 using OrtFinetune.Training.Compiler.Precision;
-using Attribute = OrtFinetune.Onnx.Attribute;
+using NodeAttribute = OrtFinetune.Onnx.NodeAttribute;
 
 namespace OrtFinetune.Training.Compiler.Optimizers;
 
@@ -210,7 +210,7 @@ public static class OptimizerBuilder
             foreach (var s in o.StateSuffixes) g.Inputs.Add(new ValueInfo(StateName(p.Name, s), p.TensorType));
 
         // Global gradient norm (fp32), finite flag, and the one scalar every gradient is multiplied by.
-        var sq = parameters.Select(p => b.Op("ReduceSumSquare", [AsFloat(b, p.Name + "_grad", p.Type)], Attribute.Of("keepdims", 0L))).ToList();
+        var sq = parameters.Select(p => b.Op("ReduceSumSquare", [AsFloat(b, p.Name + "_grad", p.Type)], NodeAttribute.Of("keepdims", 0L))).ToList();
         var norm = b.Div(b.Op("Sqrt", [b.Sum(sq)]), GradScale);
         var finite = b.Op("Not", [b.Op("Or", [b.Op("IsNaN", [norm]), b.Op("IsInf", [norm])])]);
         var factor = b.Div(b.Scalar(1, F), GradScale);

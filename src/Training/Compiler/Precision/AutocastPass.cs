@@ -1,6 +1,6 @@
 using OrtFinetune.Abstractions;
 using OrtFinetune.Onnx;
-using Attribute = OrtFinetune.Onnx.Attribute;
+using NodeAttribute = OrtFinetune.Onnx.NodeAttribute;
 
 namespace OrtFinetune.Training.Compiler.Precision;
 
@@ -51,7 +51,7 @@ public static class AutocastPass
             if (castOf.TryGetValue((v, t), out var c)) return c;
             if (widenedFrom.TryGetValue(v, out var src) && Cur(src) == t) return src;
             var name = b.Unique($"{v}/autocast_{Short(t)}");
-            nodes.Add(new Node("Cast", [v], [name], b.Unique("autocast/Cast")).Set(Attribute.Of("to", (long)t)));
+            nodes.Add(new Node("Cast", [v], [name], b.Unique("autocast/Cast")).Set(NodeAttribute.Of("to", (long)t)));
             casts++;
             cur[name] = t;
             if (g.TypeOf(v) is { } tt) g.ValueTypes[name] = tt with { ElemType = t };
@@ -108,7 +108,7 @@ public static class AutocastPass
             Rename(g, o.Name, renamed);
             g.ValueTypes[renamed] = (g.ValueTypes.GetValueOrDefault(o.Name) ?? o.Type) with { ElemType = Cur(o.Name) };
             g.ValueTypes.Remove(o.Name);
-            g.Nodes.Add(new Node("Cast", [renamed], [o.Name], b.Unique("autocast/Cast")).Set(Attribute.Of("to", (long)o.Type.ElemType)));
+            g.Nodes.Add(new Node("Cast", [renamed], [o.Name], b.Unique("autocast/Cast")).Set(NodeAttribute.Of("to", (long)o.Type.ElemType)));
             casts++;
         }
         CastCleanup.Run(g);

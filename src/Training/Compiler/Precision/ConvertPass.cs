@@ -1,5 +1,5 @@
 using OrtFinetune.Onnx;
-using Attribute = OrtFinetune.Onnx.Attribute;
+using NodeAttribute = OrtFinetune.Onnx.NodeAttribute;
 
 namespace OrtFinetune.Training.Compiler.Precision;
 
@@ -29,21 +29,21 @@ public static class ConvertPass
         foreach (var n in g.Nodes.Where(n => n.Domain == ""))
         {
             if (n.OpType == "Constant" && n.Attr("value")?.T is { Type: DataType.Float } ct && !OnlyUntied(n.Output(0)))
-                n.Set(Attribute.Of("value", Convert(ct, storage)));
+                n.Set(NodeAttribute.Of("value", Convert(ct, storage)));
             else if (n.OpType == "Constant" && n.Attr("value_float") is { } vf && !OnlyUntied(n.Output(0)))
-            { n.Attributes.Remove("value_float"); n.Set(Attribute.Of("value", Tensor.OfType("value", storage, [vf.F]))); }
+            { n.Attributes.Remove("value_float"); n.Set(NodeAttribute.Of("value", Tensor.OfType("value", storage, [vf.F]))); }
             else if (n.OpType == "Constant" && n.Attr("value_floats") is { } vfs && !OnlyUntied(n.Output(0)))
-            { n.Attributes.Remove("value_floats"); n.Set(Attribute.Of("value", Tensor.OfType("value", storage, vfs.Floats.Select(x => (double)x).ToArray(), vfs.Floats.Length))); }
+            { n.Attributes.Remove("value_floats"); n.Set(NodeAttribute.Of("value", Tensor.OfType("value", storage, vfs.Floats.Select(x => (double)x).ToArray(), vfs.Floats.Length))); }
             else if (n.OpType == "Cast" && n.GetInt("to", 0) == (long)DataType.Float && !OnlyUntied(n.Output(0)))
-                n.Set(Attribute.Of("to", (long)storage));
+                n.Set(NodeAttribute.Of("to", (long)storage));
             else if (n.OpType == "ConstantOfShape" && n.Attr("value")?.T is { Type: DataType.Float } cv && !OnlyUntied(n.Output(0)))
-                n.Set(Attribute.Of("value", Convert(cv, storage)));
+                n.Set(NodeAttribute.Of("value", Convert(cv, storage)));
         }
         foreach (var i in g.Inputs.Where(i => i.Type.ElemType == DataType.Float).ToList())
         {
             var cast = b.Unique($"{i.Name}/to_{AutocastPass.Short(storage)}");
             foreach (var n in g.Nodes) for (int k = 0; k < n.Inputs.Count; k++) if (n.Inputs[k] == i.Name && OpDtypes.TiedInput(n, k)) n.Inputs[k] = cast;
-            g.Nodes.Insert(0, new Node("Cast", [i.Name], [cast], b.Unique("convert/Cast")).Set(Attribute.Of("to", (long)storage)));
+            g.Nodes.Insert(0, new Node("Cast", [i.Name], [cast], b.Unique("convert/Cast")).Set(NodeAttribute.Of("to", (long)storage)));
         }
         // Untied fp32 operands whose source is now converted read a Cast back to fp32.
         foreach (var n in g.Nodes.ToList())
@@ -51,7 +51,7 @@ public static class ConvertPass
                 if (!OpDtypes.TiedInput(n, k) && n.Inputs[k].Length > 0 && g.Initializers.TryGetValue(n.Inputs[k], out var t) && t.Type == storage && n.OpType != "CastLike")
                 {
                     var back = b.Unique($"{n.Inputs[k]}/fp32");
-                    g.Nodes.Insert(0, new Node("Cast", [n.Inputs[k]], [back], b.Unique("convert/Cast")).Set(Attribute.Of("to", (long)DataType.Float)));
+                    g.Nodes.Insert(0, new Node("Cast", [n.Inputs[k]], [back], b.Unique("convert/Cast")).Set(NodeAttribute.Of("to", (long)DataType.Float)));
                     n.Inputs[k] = back;
                 }
         // Re-infer dtypes: forget the old float types of node outputs first.
@@ -61,7 +61,7 @@ public static class ConvertPass
         {
             var renamed = b.Unique($"{o.Name}/{AutocastPass.Short(storage)}");
             AutocastPass.Rename(g, o.Name, renamed);
-            g.Nodes.Add(new Node("Cast", [renamed], [o.Name], b.Unique("convert/Cast")).Set(Attribute.Of("to", (long)DataType.Float)));
+            g.Nodes.Add(new Node("Cast", [renamed], [o.Name], b.Unique("convert/Cast")).Set(NodeAttribute.Of("to", (long)DataType.Float)));
         }
         g.SortTopologically();
         ShapeInference.Infer(model);

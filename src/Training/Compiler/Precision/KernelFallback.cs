@@ -1,5 +1,5 @@
 using OrtFinetune.Onnx;
-using Attribute = OrtFinetune.Onnx.Attribute;
+using NodeAttribute = OrtFinetune.Onnx.NodeAttribute;
 
 namespace OrtFinetune.Training.Compiler.Precision;
 
@@ -38,7 +38,7 @@ public static class KernelFallback
                 var v = n.Inputs[i];
                 if (v.Length == 0 || g.TypeOf(v)?.ElemType != half) continue;
                 var c = b.Unique($"{v}/fallback_fp32");
-                nodes.Add(new Node("Cast", [v], [c], b.Unique("fallback/Cast")).Set(Attribute.Of("to", (long)DataType.Float)));
+                nodes.Add(new Node("Cast", [v], [c], b.Unique("fallback/Cast")).Set(NodeAttribute.Of("to", (long)DataType.Float)));
                 g.ValueTypes[c] = g.TypeOf(v)! with { ElemType = DataType.Float };
                 n.Inputs[i] = c;
             }
@@ -50,7 +50,7 @@ public static class KernelFallback
                 var w = b.Unique($"{o}/fallback_fp32");
                 g.ValueTypes[w] = g.TypeOf(o)! with { ElemType = DataType.Float };
                 n.Outputs[k] = w;
-                after.Add(new Node("Cast", [w], [o], b.Unique("fallback/Cast")).Set(Attribute.Of("to", (long)half)));
+                after.Add(new Node("Cast", [w], [o], b.Unique("fallback/Cast")).Set(NodeAttribute.Of("to", (long)half)));
             }
             nodes.Add(n);
             nodes.AddRange(after);

@@ -246,7 +246,7 @@ public class ReliabilityTests(ITestOutputHelper log) : IDisposable
         Assert.DoesNotContain("epoch 20/20", c.Err);
         // The checkpoints written meanwhile are loadable and carry the scaler state.
         var ck = CheckpointFile.Load(Path.Combine(run, "checkpoints", "last.ckpt"));
-        Assert.True(long.Parse(ck.Meta["user.scaler.skipped_steps"]) >= 8);
+        Assert.True(long.Parse(ck.Meta["scaler.skipped_steps"]) >= 8);
         Assert.Contains("\"val_loss\":null", File.ReadAllText(Path.Combine(run, "metrics.jsonl")));
     }
 
@@ -268,7 +268,7 @@ public class ReliabilityTests(ITestOutputHelper log) : IDisposable
         Assert.Equal(64, skipped + steps);
         Assert.True(scale < 65536);
         Assert.Equal(JsonValueKind.Number, s.GetProperty("final_loss").ValueKind);
-        Assert.Equal(skipped.ToString(), CheckpointFile.Load(Path.Combine(run, "checkpoints", "last.ckpt")).Meta["user.scaler.skipped_steps"]);
+        Assert.Equal(skipped.ToString(), CheckpointFile.Load(Path.Combine(run, "checkpoints", "last.ckpt")).Meta["scaler.skipped_steps"]);
 
         // 16-mixed on the same data: the scaler is active (scale in the summary) and nothing overflows on the CPU.
         var mixed = Path.Combine(_tmp, "mixed");

@@ -59,7 +59,7 @@ public static class BenchmarkChild
         using var y = OrtValue.CreateTensorValueFromMemory(labelData, [s.BatchSize]);
 
         MemNote(log, "compiled");
-        var options = new TrainerOptions { Device = device, IntraOpThreads = s.Threads, CpuMemArena = s.CpuArena };
+        var options = new TrainerOptions { Device = device, IntraOpThreads = s.Threads, CpuMemArena = s.CpuArena, LossScaling = setup.Policy.LossScaling };
         using (var trainer = new Trainer(compiled.TrainingModel, compiled.EvalModel, setup.Optimizer, compiled.Parameters, compiled.Buffers, options))
         {
             if (!s.Profile && s.Epochs == 0)
@@ -74,24 +74,21 @@ public static class BenchmarkChild
             r.SetupSeconds = setupClock.Elapsed.TotalSeconds;
             r.PersistentStateBytes = trainer.PersistentBytes;
             trainer.SetLearningRate((float)s.Lr);
-            var scaler = setup.Policy.LossScaling != null ? new LossScaler(setup.Policy.LossScaling) : null;
             for (int i = 0; i < s.Warmup + s.Steps; i++)
             {
                 ct.ThrowIfCancellationRequested();
                 var clock = Stopwatch.StartNew();
                 trainer.LazyResetGrad();
-                if (scaler != null) trainer.LossScale = scaler.Scale;
                 var step = trainer.TrainStep([x], y);
-                var o = trainer.OptimizerStep(scaler?.Scale ?? 1f);
+                trainer.OptimizerStep();
                 double sec = clock.Elapsed.TotalSeconds;
-                scaler?.Update(o.AllFinite);
                 gpu?.Sample();
                 if (i < s.Warmup) r.WarmupSeconds.Add(sec);
                 else { r.StepSeconds.Add(sec); r.StepLosses.Add(step.Loss); }
                 MemNote(log, "after step");
                 log.LogInformation("{Policy} {Kind} step {N}: {Seconds:F3} s, loss {Loss:F4}", s.Precision, i < s.Warmup ? "warm-up" : "timed", i < s.Warmup ? i + 1 : i - s.Warmup + 1, sec, step.Loss);
             }
-            r.SkippedSteps = scaler?.SkippedSteps ?? 0;
+            r.SkippedSteps = trainer.Scaler?.SkippedSteps ?? 0;
         }
         // Peak memory of the step benchmark, before the epochs' data loader and the profile sessions add theirs.
         r.PeakRssBytes = Machine.PeakRssBytes();
@@ -141,7 +138,6 @@ public static class BenchmarkChild
         var test = new LoaderBatchSource(splits.Test, setup.Model, false, settings);
         long total = (long)train.BatchesPerEpoch * s.Epochs;
         var schedule = Schedules.Create("cosine", s.Lr, total, Math.Min(total / 10, 100));
-        var scaler = setup.Policy.LossScaling != null ? new LossScaler(setup.Policy.LossScaling) : null;
         using var trainer = new Trainer(c.TrainingModel, c.EvalModel, setup.Optimizer, c.Parameters, c.Buffers, options);
         for (int epoch = 0; epoch < s.Epochs; epoch++)
         {
@@ -150,11 +146,9 @@ public static class BenchmarkChild
                 using var xv = OrtValue.CreateTensorValueFromMemory(xs, [n, setup.Model.Channels, setup.Model.ImageSize, setup.Model.ImageSize]);
                 using var yv = OrtValue.CreateTensorValueFromMemory(ys, [n]);
                 trainer.LazyResetGrad();
-                if (scaler != null) trainer.LossScale = scaler.Scale;
                 var step = trainer.TrainStep([xv], yv);
                 trainer.SetLearningRate((float)schedule.At(trainer.Step));
-                var o = trainer.OptimizerStep(scaler?.Scale ?? 1f);
-                scaler?.Update(o.AllFinite);
+                var o = trainer.OptimizerStep();
                 if (o.AllFinite) r.EpochLosses.Add(step.Loss);
             }
             var v = TrainRun.Evaluate(trainer, val, setup.Model, ct);
@@ -164,7 +158,7 @@ public static class BenchmarkChild
         var t = TrainRun.Evaluate(trainer, test, setup.Model, ct);
         r.TestAccuracy = t.Top1;
         r.TestLoss = t.Loss;
-        r.SkippedSteps += scaler?.SkippedSteps ?? 0;
+        r.SkippedSteps += trainer.Scaler?.SkippedSteps ?? 0;
     }
 
     public static string TypeName(OrtFinetune.Onnx.DataType t) => t switch

@@ -93,11 +93,9 @@ public static class TrainCommand
         try
         {
             var catalog = host.Services.GetRequiredService<PluginCatalog>();
-            var run = new TrainRun(s, catalog, log, (ds, model, training, settings) => new LoaderBatchSource(ds, model, training, settings))
-            {
-                EvaluateOnly = evaluateOnly, ExportTo = exportTo,
-            };
-            return run.Run(lifetime.ApplicationStopping);
+            var run = new TrainRun(s, catalog, log, (ds, model, training, settings) => new LoaderBatchSource(ds, model, training, settings));
+            var ct = lifetime.ApplicationStopping;
+            return exportTo != null ? run.Export(exportTo) : evaluateOnly ? run.Evaluate(ct) : run.Train(ct);
         }
         catch (Exception e) when (Classify(e) is int code)
         {

@@ -144,12 +144,7 @@ public static class BenchmarkCommand
         var resultFile = Path.Combine(dir, spec.Precision + ".json");
         File.WriteAllText(specFile, JsonSerializer.Serialize(spec, BenchmarkSpec.Json));
         File.Delete(resultFile);
-        var self = Environment.ProcessPath ?? "dotnet";
-        var args = new List<string>();
-        if (Path.GetFileNameWithoutExtension(self).Equals("dotnet", StringComparison.OrdinalIgnoreCase))
-            args.Add(typeof(BenchmarkCommand).Assembly.Location);
-        args.AddRange(["benchmark", ChildVerb, "--spec", specFile, "--result", resultFile]);
-        var psi = new ProcessStartInfo(self, args) { UseShellExecute = false, RedirectStandardError = true };
+        var psi = HostSetup.SelfProcess(["benchmark", ChildVerb, "--spec", specFile, "--result", resultFile]);
         var tail = new Queue<string>();
         using var p = new Process { StartInfo = psi };
         p.ErrorDataReceived += (_, e) =>
@@ -158,7 +153,7 @@ public static class BenchmarkCommand
             Console.Error.WriteLine(e.Data);
             lock (tail) { tail.Enqueue(e.Data); if (tail.Count > 15) tail.Dequeue(); }
         };
-        Console.Error.WriteLine($"== {spec.Precision}: {self} {string.Join(' ', args)}");
+        Console.Error.WriteLine($"== {spec.Precision}: {psi.FileName} {string.Join(' ', psi.ArgumentList)}");
         p.Start();
         p.BeginErrorReadLine();
         using (ct.Register(() => { try { if (!p.HasExited) p.Kill(true); } catch (InvalidOperationException) { } }))

@@ -35,7 +35,12 @@ public static class BenchmarkChild
             classes = splits.Train.ClassNames.Count;
         }
 
-        var setup = RunSetup.Build(catalog, s, classes, device);
+        var setup = RunSetup.Build(catalog, new RunSetup.Request
+        {
+            Model = s.Model, Classes = classes, ImageSize = s.ImageSize, Seed = s.Seed, Weights = s.Weights,
+            Policy = RunSetup.ResolvePrecision(catalog, s.Precision, device, "--precisions"),
+            Optimizer = new OrtFinetune.Training.Compiler.Optimizers.OptimizerOptions { Type = s.Optimizer, WeightDecay = s.WeightDecay, Momentum = s.Optimizer == "sgd" ? 0.9 : 0, MaxGradNorm = s.MaxGradNorm },
+        }, device);
         var compiled = setup.Artifacts;
         r.Parameters = compiled.Parameters.Sum(p => p.ElementCount);
         var flops = FlopCounter.Count(compiled.TrainingModel, s.BatchSize);
@@ -50,11 +55,7 @@ public static class BenchmarkChild
 
         var model = setup.Model;
         long[] dims = [s.BatchSize, model.Channels, model.ImageSize, model.ImageSize];
-        var rng = new Random(s.Seed);
-        var pixels = new float[dims.Aggregate(1L, (a, b) => a * b)];
-        for (int i = 0; i < pixels.Length; i++) pixels[i] = (float)(rng.NextDouble() * 2 - 1);
-        var labelData = new long[s.BatchSize];
-        for (int i = 0; i < labelData.Length; i++) labelData[i] = rng.Next(classes);
+        var (pixels, labelData) = SyntheticBatch(dims, classes);
         using var x = OrtValue.CreateTensorValueFromMemory(pixels, dims);
         using var y = OrtValue.CreateTensorValueFromMemory(labelData, [s.BatchSize]);
 
@@ -111,6 +112,20 @@ public static class BenchmarkChild
             File.WriteAllText(Path.Combine(dir, "by_op_type.md"), profile.ToMarkdown(Math.Max(1, s.Steps)));
         }
         return r;
+    }
+
+    /// <summary>
+    /// The batch every timed step trains on, from a formula the PyTorch peer (bench/peers/torch_vit.py) computes
+    /// the same way, so that both sides see the same data: pixel n of the flattened NCHW batch is sin(0.37 n)
+    /// (computed in float64, stored as float32), label b is (31 b + 7) mod classes.
+    /// </summary>
+    public static (float[] Images, long[] Labels) SyntheticBatch(long[] dims, int classes)
+    {
+        var pixels = new float[dims.Aggregate(1L, (a, b) => a * b)];
+        for (int i = 0; i < pixels.Length; i++) pixels[i] = (float)Math.Sin(0.37 * i);
+        var labels = new long[dims[0]];
+        for (int b = 0; b < labels.Length; b++) labels[b] = (31L * b + 7) % classes;
+        return (pixels, labels);
     }
 
     /// <summary>Debug log: resident memory (Linux) and the GC's heap and committed bytes at a point of the run.</summary>

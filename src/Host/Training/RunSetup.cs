@@ -1,6 +1,5 @@
 using OrtFinetune.Abstractions;
 using OrtFinetune.Host.Plugins;
-using OrtFinetune.Host.Benchmarking;
 using OrtFinetune.Onnx;
 using OrtFinetune.Training.Compiler;
 using OrtFinetune.Training.Compiler.Losses;
@@ -86,12 +85,4 @@ public static class RunSetup
             compiled.TrainingModel.OpsetOf(""), kernels);
         return new Compiled(model, r.Policy, compiled, optimizer, kernels);
     }
-
-    /// <summary>The benchmark's request: synthetic or real data, default training settings.</summary>
-    public static Compiled Build(PluginCatalog catalog, BenchmarkSpec s, int classes, DeviceSpec device) => Build(catalog, new Request
-    {
-        Model = s.Model, Classes = classes, ImageSize = s.ImageSize, Seed = s.Seed,
-        Policy = ResolvePrecision(catalog, s.Precision, device, "--precisions"),
-        Optimizer = new OptimizerOptions { Type = s.Optimizer, WeightDecay = s.WeightDecay, Momentum = s.Optimizer == "sgd" ? 0.9 : 0, MaxGradNorm = s.MaxGradNorm },
-    }, device);
 }

@@ -10,8 +10,10 @@ public sealed record ModelRequest
     /// <summary>Input image side in pixels (square), or 0 for the architecture's default.</summary>
     public int ImageSize { get; init; }
     public int Channels { get; init; } = 3;
-    /// <summary>Optional pretrained weights (safetensors with the architecture's parameter names).</summary>
+    /// <summary>Optional pretrained weights: a safetensors file, a folder, or a sharded index (model.safetensors.index.json).</summary>
     public string? WeightsPath { get; init; }
+    /// <summary>Parameter naming of the weights (e.g. "torchvision", "hf", "timm"), or null/"auto" to detect it from the keys.</summary>
+    public string? WeightsFormat { get; init; }
     /// <summary>Forward ONNX model to import, for providers that import files.</summary>
     public string? ModelPath { get; init; }
     public int Seed { get; init; }
@@ -28,6 +30,8 @@ public sealed record ModelDefinition
     public required float[] Mean { get; init; }
     public required float[] Std { get; init; }
     public string Description { get; init; } = "";
+    /// <summary>What loading pretrained weights did (loaded, missing, unexpected, reshaped tensors), as text; null without weights.</summary>
+    public string? WeightsReport { get; init; }
 }
 
 /// <summary>A model plugin: builds forward graphs for the architectures it knows.</summary>
@@ -43,4 +47,18 @@ public interface IModelProvider
 public class ModelException : Exception
 {
     public ModelException(string message, Exception? inner = null) : base(message, inner) { }
+}
+
+/// <summary>
+/// Writes a trained model's weights in another library's format (registered by model plugins, found by the
+/// host's export verb): e.g. safetensors with torchvision, Hugging Face or timm parameter names.
+/// </summary>
+public interface IWeightExporter
+{
+    /// <summary>File format written, e.g. "safetensors".</summary>
+    string Format { get; }
+    /// <summary>Parameter namings it can write, e.g. "torchvision", "hf", "timm".</summary>
+    IReadOnlyList<string> Namings { get; }
+    /// <summary>Writes the float initializers of <paramref name="inference"/> to <paramref name="path"/>; returns a one-line summary.</summary>
+    string Export(Model inference, string path, string naming);
 }

@@ -221,9 +221,7 @@ public static class CheckpointImport
             throw new ModelException($"{unknown[0].File.Path}: tensor '{unknown[0].Name}' {unknown[0].ShapeText} is not a parameter of a {NameMap.Name(map.Naming)} ViT classifier"
                 + (unknown.Count > 1 ? $" (nor are {unknown.Count - 1} more: {string.Join(", ", unknown.Skip(1).Take(5).Select(t => $"'{t.Name}'"))}{(unknown.Count > 6 ? ", ..." : "")})" : "")
                 + "; is it another architecture, or another naming (--weights-format)?");
-        if (config.LayerNormEpsilon != map.DefaultEpsilon)
-            report.Notes.Add($"LayerNorm epsilon {config.LayerNormEpsilon.ToString("G3", CultureInfo.InvariantCulture)} (from config.json)");
-        else report.Notes.Add($"LayerNorm epsilon {config.LayerNormEpsilon.ToString("G3", CultureInfo.InvariantCulture)} ({NameMap.Name(map.Naming)}'s)");
+        report.Notes.Add($"LayerNorm epsilon of the model: {config.LayerNormEpsilon.ToString("G3", CultureInfo.InvariantCulture)}");
         return report;
     }
 }

@@ -12,11 +12,12 @@ One small torchvision VisionTransformer (image 16, patch 4, 2 layers, 2 heads, h
       model.safetensors                      (unsharded), or
       model-0000K-of-00002.safetensors + model.safetensors.index.json (sharded, HF's layout)
       config.json                            hf: HF ViTConfig keys; timm: timm hub config with model_args
+  hf-bf16/                                   HF naming, bfloat16 tensors
   hf-vitmodel/                               HF ViTModel (no "vit." prefix, pooler, no classifier)
   io.safetensors
       input (3, 3, 16, 16); logits (3, 5): torchvision eval-mode logits, LayerNorm eps 1e-6;
-      logits_hf: the same weights with eps 1e-12 (HF's ViT); logits_fp16 / logits_hf_fp16: weights
-      rounded to float16 first (what a float16 checkpoint holds), computed in float32;
+      logits_hf: the same weights with eps 1e-12 (HF's ViT); logits_fp16 / logits_hf_fp16 / logits_hf_bf16:
+      weights rounded to float16 / bfloat16 first (what such a checkpoint holds), computed in float32;
       input24 (3, 3, 24, 24), logits24: the model at image 24 with the position table interpolated;
       pos_grid6 (1, 37, 32), pos_grid3 (1, 10, 32): the position table resampled to a 6x6 / 3x3 grid by
       torch.nn.functional.interpolate(mode="bicubic", align_corners=False), class token kept.
@@ -49,7 +50,8 @@ BATCH = 3
 
 
 def write_safetensors(path, tensors, metadata=None):
-    dtypes = {np.dtype("float32"): "F32", np.dtype("float16"): "F16", np.dtype("int64"): "I64"}
+    # bfloat16 tensors are passed as uint16 arrays of their bits (numpy has no bfloat16).
+    dtypes = {np.dtype("float32"): "F32", np.dtype("float16"): "F16", np.dtype("int64"): "I64", np.dtype("uint16"): "BF16"}
     header, blobs, offset = {}, [], 0
     for name, arr in tensors:
         arr = np.ascontiguousarray(arr)
@@ -78,9 +80,12 @@ def read_safetensors(path):
     for k, v in header.items():
         if k == "__metadata__":
             continue
-        dt = {"F32": np.float32, "F16": np.float16}[v["dtype"]]
+        dt = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16}[v["dtype"]]
         b, e = v["data_offsets"]
-        out[k] = np.frombuffer(data[b:e], dtype=dt).reshape(v["shape"])
+        a = np.frombuffer(data[b:e], dtype=dt).reshape(v["shape"])
+        if v["dtype"] == "BF16":
+            a = (a.astype(np.uint32) << 16).view(np.float32)
+        out[k] = a
     return out
 
 
@@ -262,12 +267,17 @@ def main():
     sd = {k: v.detach().numpy().astype(np.float32) for k, v in model.state_dict().items()}
     sd16 = {k: v.astype(np.float16) for k, v in sd.items()}
     sd16_as32 = {k: v.astype(np.float32) for k, v in sd16.items()}
+    # bfloat16 (round to nearest even, as torch): bits for the file, values for the reference.
+    sdbf = {k: torch.from_numpy(v).to(torch.bfloat16) for k, v in sd.items()}
+    sdbf_bits = {k: v.view(torch.int16).numpy().view(np.uint16) for k, v in sdbf.items()}
+    sdbf_as32 = {k: v.float().numpy() for k, v in sdbf.items()}
     layers = CONFIG["num_layers"]
 
     x = torch.randn(BATCH, 3, CONFIG["image_size"], CONFIG["image_size"])
     x24 = torch.randn(BATCH, 3, 24, 24)
     ref = {"logits": logits_of(sd, x, 1e-6), "logits_hf": logits_of(sd, x, 1e-12),
            "logits_fp16": logits_of(sd16_as32, x, 1e-6), "logits_hf_fp16": logits_of(sd16_as32, x, 1e-12)}
+    ref["logits_hf_bf16"] = logits_of(sdbf_as32, x, 1e-12)
     pos6 = interpolate_pos(sd["encoder.pos_embedding"], 6)
     pos3 = interpolate_pos(sd["encoder.pos_embedding"], 3)
     ref["logits24"] = logits_of(dict(sd, **{"encoder.pos_embedding": pos6}), x24, 1e-6, image_size=24)
@@ -288,6 +298,13 @@ def main():
                 key = ref_key + ("_fp16" if fp16 else "")
                 got = logits_of(back(read_checkpoint(folder), layers), x, 1e-12 if naming == "hf" else 1e-6)
                 assert np.array_equal(got, ref[key]), (folder, np.abs(got - ref[key]).max())
+    bf = os.path.join(args.out, "hf-bf16")
+    write_checkpoint(bf, to_hf(sdbf_bits, layers), False, meta)
+    with open(os.path.join(bf, "config.json"), "w") as f:
+        json.dump(dict(hf_config(1e-12), torch_dtype="bfloat16"), f, indent=2)
+        f.write("\n")
+    got = logits_of(from_hf(read_checkpoint(bf), layers), x, 1e-12)
+    assert np.array_equal(got, ref["logits_hf_bf16"]), (bf, np.abs(got - ref["logits_hf_bf16"]).max())
     vm = os.path.join(args.out, "hf-vitmodel")
     write_checkpoint(vm, to_hf(sd, layers, prefix="", head=False, pooler=True), False, meta)
     with open(os.path.join(vm, "config.json"), "w") as f:

@@ -30,6 +30,14 @@ public sealed record ModelDefinition
     public required float[] Mean { get; init; }
     public required float[] Std { get; init; }
     public string Description { get; init; } = "";
+    /// <summary>
+    /// Depth of each parameter for layer-wise learning-rate decay (BEiT/MAE finetuning recipes): 0 for the
+    /// embeddings, i + 1 for encoder block i, <see cref="NumLayers"/> + 1 for the final norm and the head;
+    /// null when the model has no such structure. See <see cref="LayerDecay"/>.
+    /// </summary>
+    public IReadOnlyDictionary<string, int>? LayerIds { get; init; }
+    /// <summary>Number of encoder blocks the <see cref="LayerIds"/> count.</summary>
+    public int NumLayers { get; init; }
     /// <summary>What loading pretrained weights did (loaded, missing, unexpected, reshaped tensors), as text; null without weights.</summary>
     public string? WeightsReport { get; init; }
 }
@@ -61,4 +69,14 @@ public interface IWeightExporter
     IReadOnlyList<string> Namings { get; }
     /// <summary>Writes the float initializers of <paramref name="inference"/> to <paramref name="path"/>; returns a one-line summary.</summary>
     string Export(Model inference, string path, string naming);
+}
+
+/// <summary>Layer-wise learning-rate decay as in BEiT/MAE finetuning: lr(p) = lr * decay^(layers + 1 - layer_id(p)).</summary>
+public static class LayerDecay
+{
+    public static double Scale(int layerId, int numLayers, double decay) => Math.Pow(decay, numLayers + 1 - layerId);
+
+    /// <summary>The multiplier of every parameter of <paramref name="model"/>; null when it has no layer ids.</summary>
+    public static IReadOnlyDictionary<string, double>? Scales(ModelDefinition model, double decay) =>
+        model.LayerIds?.ToDictionary(kv => kv.Key, kv => Scale(kv.Value, model.NumLayers, decay));
 }

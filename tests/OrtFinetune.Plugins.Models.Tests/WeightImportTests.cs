@@ -86,6 +86,16 @@ public sealed class WeightImportTests(ITestOutputHelper log) : IDisposable
             Assert.True(VitParityTests.RelErr(ours, Reference("logits" + (naming == "hf" ? "_hf" : ""))) <= 5e-3);
     }
 
+    [Fact]
+    public void BFloat16CheckpointIsReadExactly()
+    {
+        var (model, _, report) = LoadFolder(Fixture("hf-bf16"));
+        Assert.Equal("BF16", Assert.Single(report.SourceDTypes).Key);
+        var err = VitParityTests.RelErr(Logits(model, Input()), Reference("logits_hf_bf16"));
+        log.WriteLine($"hf-bf16: relative error {err:E2}");
+        Assert.True(err <= 1e-5, $"{err:E3}");
+    }
+
     [Theory]
     [InlineData("torchvision", "torchvision")]
     [InlineData("hf-sharded", "hf")]
@@ -156,6 +166,23 @@ public sealed class WeightImportTests(ITestOutputHelper log) : IDisposable
         Assert.Equal(2, report.Reshaped.Count);
         Assert.Contains(report.Reshaped, r => r.Contains("head.weight") && r.Contains("5 classes") && r.Contains("model 7"));
         Assert.Equal([7L, 32], model.Graph.Initializers[VitNames.HeadWeight].Dims);
+    }
+
+    [Fact]
+    public void LayerIdsFollowTheBeitRecipe()
+    {
+        var def = new VitModelProvider().Create(new ModelRequest { Architecture = "auto", NumClasses = Classes, WeightsPath = Fixture("timm") });
+        Assert.Equal(2, def.NumLayers);
+        Assert.Equal(def.Forward.Graph.Initializers.Values.Where(t => t.Type == DataType.Float).Select(t => t.Name).Order(), def.LayerIds!.Keys.Order());
+        var scales = LayerDecay.Scales(def, 0.75)!;
+        // lr scale = 0.75^(layers + 1 - layer id): embeddings 0.75^3, block 0 0.75^2, block 1 0.75, final norm and head 1.
+        Assert.Equal(0.421875, scales["encoder.pos_embedding"], 12);
+        Assert.Equal(0.421875, scales["conv_proj.weight"], 12);
+        Assert.Equal(0.421875, scales["class_token"], 12);
+        Assert.Equal(0.5625, scales["encoder.layers.encoder_layer_0.mlp.3.bias"], 12);
+        Assert.Equal(0.75, scales["encoder.layers.encoder_layer_1.self_attention.in_proj_weight"], 12);
+        Assert.Equal(1.0, scales["encoder.ln.weight"], 12);
+        Assert.Equal(1.0, scales["heads.head.bias"], 12);
     }
 
     // ---- position embeddings ----

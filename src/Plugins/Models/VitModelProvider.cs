@@ -107,8 +107,16 @@ public sealed class VitModelProvider : IModelProvider
             Std = std,
             Description = $"{name}: {config} ({config.ParameterCount:N0} parameters)" + (notes.Count > 0 ? "; " + string.Join("; ", notes) : ""),
             WeightsReport = reportText,
+            LayerIds = LayerIds(config.Layers),
+            NumLayers = config.Layers,
         };
     }
+
+    /// <summary>BEiT's get_layer_id_for_vit on our names: embeddings 0, block i -> i + 1, final norm and head -> layers + 1.</summary>
+    public static IReadOnlyDictionary<string, int> LayerIds(int layers) => VitNames.All(layers).ToDictionary(n => n, n =>
+        VitNames.SplitLayer(n) is (int i, _) ? i + 1
+        : n is VitNames.ClassToken or VitNames.PatchWeight or VitNames.PatchBias or VitNames.PosEmbedding ? 0
+        : layers + 1);
 
     /// <summary>Input normalization for "auto": preprocessor_config.json (HF) or config.json's pretrained_cfg (timm), else the library's usual.</summary>
     static (float[] Mean, float[] Std) Normalization(Checkpoint ckpt, WeightNaming naming, int channels)

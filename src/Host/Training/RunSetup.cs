@@ -27,6 +27,8 @@ public static class RunSetup
         public int ImageSize { get; init; }
         public int Seed { get; init; }
         public string? Weights { get; init; }
+        /// <summary>Naming of the weights (auto, torchvision, hf, timm).</summary>
+        public string? WeightsFormat { get; init; }
         public string? ModelFile { get; init; }
         public IReadOnlyList<string> Trainable { get; init; } = [];
         public IReadOnlyList<string> Freeze { get; init; } = [];
@@ -53,7 +55,7 @@ public static class RunSetup
             model = mp.Provider.Create(new ModelRequest
             {
                 Architecture = r.Model, NumClasses = r.Classes, ImageSize = r.ImageSize, Channels = 3,
-                WeightsPath = r.Weights, ModelPath = r.ModelFile, Seed = r.Seed,
+                WeightsPath = r.Weights, WeightsFormat = r.WeightsFormat, ModelPath = r.ModelFile, Seed = r.Seed,
             });
         }
         catch (Exception e) when (e is not (ModelException or OnnxFormatException or OperationCanceledException))

@@ -58,9 +58,6 @@ public static class TrainCommand
             bool safetensors = config.TryGetValue("Train:ExportFormat", out var ef) && ef == "safetensors";
             var exportTo = mode == "export" ? r.GetValue(to) ?? (run != null ? Path.Combine(run, safetensors ? "model.safetensors" : "model.onnx") : null) : null;
             if (mode == "export" && exportTo == null) { Console.Error.WriteLine("error: export needs --to FILE (or --run DIR)"); return ExitCodes.Usage; }
-            // TODO(wiring): remove once TrainRun's export branch calls WeightExportStep.Export for ExportFormat "safetensors";
-            // until then TrainRun would write an ONNX model under the safetensors name.
-            if (mode == "export" && safetensors) { Console.Error.WriteLine("error: export --format safetensors is not wired into TrainRun yet (see WeightExportStep)"); return ExitCodes.Usage; }
             return Execute(config, r.GetValue(verbose), evaluateOnly: mode == "eval", exportTo: exportTo);
         });
         return cmd;

@@ -71,7 +71,7 @@ public sealed class TrainRun(TrainSettings s, PluginCatalog catalog, ILogger log
 
         var setup = RunSetup.Build(catalog, new RunSetup.Request
         {
-            Model = s.Model, Classes = classes, ImageSize = s.ImageSize, Seed = s.Seed, Weights = s.Weights, ModelFile = s.ModelFile,
+            Model = s.Model, Classes = classes, ImageSize = s.ImageSize, Seed = s.Seed, Weights = s.Weights, WeightsFormat = s.WeightsFormat, ModelFile = s.ModelFile,
             Trainable = s.Trainable, Freeze = s.Freeze, LabelSmoothing = s.LabelSmoothing, Policy = policy,
             Optimizer = new OptimizerOptions { Type = s.Optimizer, WeightDecay = s.WeightDecay, Momentum = s.Optimizer == "sgd" ? s.Momentum : 0, MaxGradNorm = s.MaxGradNorm },
         }, device);
@@ -108,10 +108,18 @@ public sealed class TrainRun(TrainSettings s, PluginCatalog catalog, ILogger log
         return x;
     }
 
-    /// <summary>The export verb: the checkpoint's weights as an inference model (and an fp16 copy when asked).</summary>
+    /// <summary>
+    /// The export verb: the checkpoint's weights as an inference model (and an fp16 copy when asked), or with
+    /// --format safetensors as a PyTorch library's state dict (--naming torchvision|hf|timm).
+    /// </summary>
     public int Export(string to)
     {
         using var x = OpenCheckpoint();
+        if (s.ExportFormat == "safetensors")
+        {
+            Console.WriteLine(WeightExportStep.Export(catalog, x.Trainer, to, s.ExportFormat, s.ExportNaming));
+            return ExitCodes.Ok;
+        }
         x.Trainer.ExportModelForInferencing(to);
         if (s.ExportFp16) HalfExport.ConvertFile(to, Path.ChangeExtension(to, ".fp16.onnx"));
         Console.WriteLine($"exported {to}{(s.ExportFp16 ? " and " + Path.ChangeExtension(to, ".fp16.onnx") : "")}");
@@ -145,6 +153,11 @@ public sealed class TrainRun(TrainSettings s, PluginCatalog catalog, ILogger log
         using var run = new RunFolder(runDir, append: s.Resume != null);
         run.WriteJson("settings.json", s);
         File.WriteAllText(Path.Combine(run.Path, "precision_report.txt"), x.PrecisionReport);
+        if (model.WeightsReport != null)
+        {
+            File.WriteAllText(Path.Combine(run.Path, "weights_report.txt"), model.WeightsReport);
+            log.LogDebug("weights:\n{Report}", model.WeightsReport);
+        }
 
         var train = batches(x.Splits.Train, model, true, s);
         var val = batches(x.Splits.Validation, model, false, s);

@@ -114,4 +114,12 @@ public class ElementwiseGradientTests(ITestOutputHelper log)
                 Inputs = [new("a", GradCheck.Randn(51, 2, 3)), new("b", GradCheck.Randn(52, 3)), new("c", GradCheck.Randn(53, 2, 1))],
             });
     }
+
+    [Fact]
+    public void OpsetsBefore13AreRefused()
+    {
+        var e = Assert.Throws<OrtFinetune.Training.Compiler.CompileException>(() =>
+            GradCheck.Run(new GradCase { OpType = "Neg", Opset = 12, Inputs = [new("x", GradCheck.Randn(81, 3))] }));
+        Assert.Contains("opset 12", e.Message);
+    }
 }

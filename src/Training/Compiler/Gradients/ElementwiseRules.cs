@@ -12,6 +12,8 @@ public static class ElementwiseRules
         r.Add("Mul", c => { c.SetBroadcastGI(0, () => c.G * c.I(1)); c.SetBroadcastGI(1, () => c.G * c.I(0)); });
         // y = a / b: da = g / b; db = -g y / b
         r.Add("Div", c => { c.SetBroadcastGI(0, () => c.G / c.I(1)); c.SetBroadcastGI(1, () => -(c.G * c.O(0) / c.I(1))); });
+        // y = a mod b (fmod=1 on floats: a - b trunc(a/b)): da = g; b is not differentiated
+        r.Add("Mod", c => c.SetBroadcastGI(0, () => c.G), inputs: [0]);
         r.Add("Neg", c => c.SetGI(0, -c.G));
         r.Add("Identity", c => c.SetGI(0, c.G));
         // y = a^p: da = g p a^(p-1); dp = g y ln(a) (p may have its own dtype)

@@ -175,13 +175,28 @@ public sealed class GradientContext
             var r = B.ReduceSum(grad, axes.ToArray(), keepDims: true);
             return lead > 0 ? B.Reshape(r, ReshapeTarget(target)) : r;
         }
-        // Run-time: axes where Shape(target) (left-padded with 1s) is 1 and Shape(grad) is not.
+        // Run-time: Shape(target) left-padded with 1s.
         var tShape = B.Shape(target);
         var padded = lead > 0 ? B.Concat(0, B.Ints(Enumerable.Repeat(1L, lead).ToArray()), tShape) : tShape;
+        return B.Reshape(SumWhereSizeOne(grad, padded), tShape);
+    }
+
+    /// <summary>
+    /// <paramref name="grad"/> summed (keeping dims) over the axes where the run-time int64 shape
+    /// <paramref name="shape"/> (of the same rank) is 1 and Shape(grad) is not.
+    /// </summary>
+    public string SumWhereSizeOne(string grad, string shape)
+    {
         var one = B.IntScalar(1);
-        var mask = B.Op("And", [B.Op("Equal", [padded, one]), B.Op("Not", [B.Op("Equal", [B.Shape(grad), one])])]);
-        var dynAxes = B.Reshape(B.Op("NonZero", [mask]), B.Ints(-1));
-        var summed = B.ReduceSumDynamic(grad, dynAxes, keepDims: true);
-        return B.Reshape(summed, tShape);
+        var mask = B.Op("And", [B.Op("Equal", [shape, one]), B.Op("Not", [B.Op("Equal", [B.Shape(grad), one])])]);
+        return B.ReduceSumDynamic(grad, B.Reshape(B.Op("NonZero", [mask]), B.Ints(-1)), keepDims: true);
+    }
+
+    /// <summary>The inverse of a permutation.</summary>
+    public static long[] InversePerm(long[] perm)
+    {
+        var inv = new long[perm.Length];
+        for (int i = 0; i < perm.Length; i++) inv[perm[i]] = i;
+        return inv;
     }
 }

@@ -182,17 +182,14 @@ public static class MatMulConvRules
     /// </summary>
     static void Conv(GradientContext c)
     {
-        var b = c.B;
-        var node = c.Node;
-        var g = c.G;
-        var (x, w) = (c.I(0), c.I(1));
+        var (b, node, g, x, w) = (c.B, c.Node, c.G, c.I(0), c.I(1));
         var ws = c.ShapeOf(w);
         int n = ws.Length - 2;
         var kernel = node.GetInts("kernel_shape") is { Length: > 0 } ks ? ks
             : ws[2..].Select(d => d.Value ?? throw new CompileException($"{node.Describe()}: the gradient needs a static kernel shape (weight '{w}' is [{string.Join(",", ws.Select(x => x.ToString()))}])")).ToArray();
         var geo = ReadGeometry(c, kernel);
         long group = c.GetInt("group", 1);
-        var spatialAxes = Enumerable.Range(2, n).Select(i => (long)i).ToArray();
+        var spatialAxes = GradientContext.Axes(2, n + 2);
 
         if (c.Need(0))
         {
@@ -240,6 +237,6 @@ public static class MatMulConvRules
             c.SetGI(1, dw);
         }
 
-        if (c.Need(2)) c.SetGI(2, b.ReduceSum(g, [0, .. spatialAxes], keepDims: false));
+        c.SetGI(2, () => g.Sum([0, .. spatialAxes], keepDims: false));
     }
 }

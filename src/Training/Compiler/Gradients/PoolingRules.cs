@@ -21,12 +21,11 @@ public static class PoolingRules
     /// </summary>
     static void MaxPool(GradientContext c)
     {
-        var b = c.B;
+        var (b, x) = (c.B, c.I(0));
         if (c.GetInt("storage_order", 0) != 0)
             throw new CompileException($"{c.Node.Describe()}: storage_order=1 is not supported for the gradient");
         if (c.Opset < 16)
             throw new CompileException($"{c.Node.Describe()}: the MaxPool gradient needs ScatterElements with reduction=\"add\" (opset >= 16); the model has opset {c.Opset}");
-        var x = c.I(0);
         var indices = c.EnsureOutput(1, "indices", c.Graph.TypeOf(c.O(0)) is { } yt ? yt with { ElemType = DataType.Int64 } : null);
         var flat = b.Ints(-1);
         var zeros = b.Reshape(b.ZerosLike(x, c.ElemType(x)), flat);
@@ -42,9 +41,7 @@ public static class PoolingRules
     /// </summary>
     static void AveragePool(GradientContext c)
     {
-        var b = c.B;
-        var node = c.Node;
-        var x = c.I(0);
+        var (b, node, x) = (c.B, c.Node, c.I(0));
         var kernel = node.GetInts("kernel_shape") ?? throw new CompileException($"{node.Describe()}: kernel_shape is required");
         var geo = MatMulConvRules.ReadGeometry(c, kernel, ceilMode: c.GetInt("ceil_mode", 0) != 0);
         if (geo.Dilations.Any(d => d != 1))

@@ -57,10 +57,8 @@ public static class ShapeRules
     /// <summary>Transpose(perm): dx = Transpose(g, inverse(perm)); default perm reverses the axes.</summary>
     static void Transpose(GradientContext c)
     {
-        var perm = c.Node.GetInts("perm") ?? Enumerable.Range(0, c.Rank(c.I(0))).Reverse().Select(i => (long)i).ToArray();
-        var inv = new long[perm.Length];
-        for (int i = 0; i < perm.Length; i++) inv[perm[i]] = i;
-        c.SetGI(0, c.G.Transpose(inv));
+        var perm = c.Node.GetInts("perm") ?? GradientContext.Axes(0, c.Rank(c.I(0))).Reverse().ToArray();
+        c.SetGI(0, c.G.Transpose(GradientContext.InversePerm(perm)));
     }
 
     /// <summary>Expand(x, shape): dx = g summed over the broadcast axes (unbroadcast to x's shape).</summary>
@@ -75,11 +73,7 @@ public static class ShapeRules
         int lead = (int)Math.Max(0, len.Value - rx);
         if (lead > 0) g = g.Sum(GradientContext.Axes(0, lead), keepDims: false);
         // Remaining axes: sum where x has size 1 and the gradient does not (decided at run time).
-        var xs = c.B.Shape(x);
-        var one = c.B.IntScalar(1);
-        var mask = c.B.Op("And", [c.B.Op("Equal", [xs, one]), c.B.Op("Not", [c.B.Op("Equal", [c.B.Shape(g), one])])]);
-        var axes = c.B.Reshape(c.B.Op("NonZero", [mask]), c.B.Ints(-1));
-        c.SetGI(0, c.B.ReduceSumDynamic(g, axes, keepDims: true));
+        c.SetGI(0, c.SumWhereSizeOne(g, x.Shape()));
     }
 
     /// <summary>Concat(axis): each input's gradient is its slab of g along the axis (one Split, sizes from the inputs).</summary>
@@ -138,8 +132,7 @@ public static class ShapeRules
                 if (e < s) e = s;
                 pads[a] = s; pads[rank + a] = d - e;
             }
-            if (pads.All(p => p == 0)) { c.SetGI(0, g); return; }
-            c.SetGI(0, c.B.Op("Pad", [g, c.B.Ints(pads)]));
+            c.SetGI(0, pads.All(p => p == 0) ? g : c.B.Op("Pad", [g, c.B.Ints(pads)]));
             return;
         }
 
@@ -189,21 +182,17 @@ public static class ShapeRules
         if (c.Opset >= 16)
         {
             var zeros = b.ZerosLike(data, t);
-            var dx = axis == 0
+            c.SetGI(0, axis == 0
                 ? b.Op("ScatterND", [zeros, b.Unsqueeze(idx, 1), g2], NodeAttribute.Of("reduction", "add"))
                 : b.Op("ScatterElements", [zeros, b.Expand(b.Reshape(idx, AlongAxis(c, rank, axis)), b.Shape(g2)), g2],
-                    NodeAttribute.Of("axis", (long)axis), NodeAttribute.Of("reduction", "add"));
-            c.SetGI(0, dx);
+                    NodeAttribute.Of("axis", (long)axis), NodeAttribute.Of("reduction", "add")));
             return;
         }
         // one-hot [K, size]; move K last, contract, move the size axis back into place
         var oneHot = b.Cast(b.Op("Equal", [b.Unsqueeze(idx, 1), b.Op("Range", [b.IntScalar(0), size, b.IntScalar(1)])]), t);
         var perm = Enumerable.Range(0, rank).Where(i => i != axis).Append(axis).Select(i => (long)i).ToArray();
-        var inv = new long[rank];
-        for (int i = 0; i < rank; i++) inv[perm[i]] = i;
-        var moved = rank == 1 ? g2 : b.Transpose(g2, perm);
-        var prod = b.MatMul(moved, oneHot);
-        c.SetGI(0, rank == 1 ? prod : b.Transpose(prod, inv));
+        var prod = b.MatMul(rank == 1 ? g2 : b.Transpose(g2, perm), oneHot);
+        c.SetGI(0, rank == 1 ? prod : b.Transpose(prod, GradientContext.InversePerm(perm)));
     }
 
     /// <summary>GatherElements(axis): dx = ScatterElements(zeros like data, indices, g, axis, reduction=add).</summary>

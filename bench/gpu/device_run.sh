@@ -2,21 +2,25 @@
 # Runs on the GPU machine (no .NET, no network), from the repository root, after the parts made by
 # bench/gpu/pack.sh were copied to $PARTS (default /tmp/of-parts): joins and unpacks them, finds
 # the CUDA 13 / cuDNN 9 libraries of the machine's Python (nvidia-* wheels) and CUDA toolkit, then runs
-# bench/side_by_side.sh (ours: every precision policy on the CUDA provider, each in its own process;
-# the PyTorch eager peer with the matching precision) and writes everything under $OUT (at most 8
-# files: machine.txt, benchmark.md, side_by_side.md, results.tgz, and with the options below
-# diagnose.md, accuracy.md, accuracy.log, accuracy.tgz).
+# `ortfinetune selftest --device cuda` first (PyTorch gradient fixtures on the device; a short run on the
+# CPU and on the device compared step by step, with the learning rate, step, loss scale and accumulation
+# the device really read), then bench/side_by_side.sh (ours: every precision policy on the CUDA provider,
+# each in its own process; the PyTorch eager peer with the matching precision, both from the peer's
+# initial weights on the same batch, so the per-step losses are compared too) and writes everything
+# under $OUT (at most 8 files: machine.txt, selftest.txt, benchmark.md, side_by_side.md, results.tgz
+# (with selftest.json), and with the options below accuracy.md, accuracy.log, accuracy.tgz; --diagnose
+# adds diagnose.md, so use it without --accuracy).
 #
 #   bash bench/gpu/device_run.sh [--model vit-l16] [--batch-size 32] [--warmup 3] [--steps 10]
 #                                [--precisions "32-true bf16-mixed 16-mixed bf16-true 16-true"] [--budget 420] [--device cuda]
-#                                [--accuracy EPOCHS] [--accuracy-budget 240] [--diagnose]
+#                                [--accuracy EPOCHS] [--accuracy-budget 240] [--diagnose] [--selftest-budget 120]
 #
 # --accuracy N: then every policy trains vit-tiny (28 px) on Fashion-MNIST for N epochs with evaluation
 # (the data packed with pack.sh --data /usr/share/datasets/fashion-mnist), written to $OUT/accuracy.*.
 # --diagnose: then ViT-B/16 batch 8, 32-true, with the shared CUDA arena and without (device memory).
 set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-model=vit-l16 batch=32 warmup=3 steps=10 budget=420 device=cuda accuracy=0 accuracy_budget=240 diagnose=0
+model=vit-l16 batch=32 warmup=3 steps=10 budget=420 device=cuda accuracy=0 accuracy_budget=240 diagnose=0 selftest_budget=120
 precisions="32-true bf16-mixed 16-mixed bf16-true 16-true"
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -30,6 +34,7 @@ while [[ $# -gt 0 ]]; do
     --accuracy) accuracy=$2; shift 2 ;;
     --accuracy-budget) accuracy_budget=$2; shift 2 ;;
     --diagnose) diagnose=1; shift ;;
+    --selftest-budget) selftest_budget=$2; shift 2 ;;
     *) echo "unknown option $1" >&2; exit 1 ;;
   esac
 done
@@ -61,6 +66,11 @@ cat "$out/machine.txt" >&2
 
 res=/tmp/of-res
 rm -rf "$res"
+mkdir -p "$res"
+exe="$app/ortfinetune/ortfinetune"
+timeout "$selftest_budget" "$exe" selftest --device "$device" --output "$res/selftest" > "$out/selftest.txt" 2>&1
+echo "== selftest on $device (exit $?)"
+grep -v -E '^[0-9:]+ info' "$out/selftest.txt" | tail -25
 export ORTFINETUNE_EXE="$app/ortfinetune/ortfinetune" PYTHON=python3 PYTHONUNBUFFERED=1
 timeout "$budget" bash "$root/bench/side_by_side.sh" --device "$device" --model "$model" --batch-size "$batch" \
   --warmup "$warmup" --steps "$steps" --precisions "$precisions" --out "$res" 2>&1 | tee /tmp/of-run.log | grep -v -E "warm-up step|timed step" >&2
@@ -76,7 +86,6 @@ echo
 echo "== side by side with PyTorch"
 cat "$res/side_by_side.md" 2>/dev/null
 
-exe="$app/ortfinetune/ortfinetune"
 if [[ "$diagnose" == 1 ]]; then
   for shared in 1 0; do
     ORTFINETUNE_CUDA_SHARED_ARENA=$shared timeout 120 "$exe" benchmark --model vit-b16 --batch-size 8 --device "$device" \

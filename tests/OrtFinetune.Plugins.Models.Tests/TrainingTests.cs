@@ -3,6 +3,9 @@ using OrtFinetune.Abstractions;
 using OrtFinetune.Onnx;
 using OrtFinetune.Training.Tests.Support;
 using OrtFinetune.Training.Compiler;
+using OrtFinetune.Training.Compiler.Optimizers;
+using OrtFinetune.Training.Runtime;
+using Microsoft.ML.OnnxRuntime;
 using Xunit.Abstractions;
 
 namespace OrtFinetune.Plugins.Models.Tests;
@@ -44,6 +47,44 @@ public class TrainingTests(ITestOutputHelper log)
             Assert.True(err <= 1e-4, $"gradient of '{p.Name}': relative error {err:E3}");
         }
         log.WriteLine($"worst gradient relative error {worst:E2}");
+    }
+
+    /// <summary>
+    /// Ten AdamW steps from torchvision's weights on the batch of the side-by-side benchmark (the formula of
+    /// bench/peers/torch_vit.py) give PyTorch's losses (tools/reference/make_trajectory_fixture.py): the
+    /// forward, the gradients, the parameter groups and the optimizer agree over a whole trajectory.
+    /// </summary>
+    [Fact]
+    public void TenAdamWStepsFollowPyTorchsTrajectory()
+    {
+        using var json = System.Text.Json.JsonDocument.Parse(File.ReadAllText(RepoPaths.Fixture("vit", "trajectory.json")));
+        var j = json.RootElement;
+        var torch = j.GetProperty("losses").EnumerateArray().Select(e => e.GetDouble()).ToArray();
+        int batch = j.GetProperty("batch").GetInt32();
+        var model = VitBuilder.Build(VitParityTests.FixtureConfig, seed: 3);
+        WeightLoader.Load(model, RepoPaths.Fixture("vit", "weights.safetensors"), VitModelProvider.HeadNames);
+        var art = TrainingCompiler.Compile(model, new CompileOptions { GradientAccumulation = true });
+        var optimizer = OptimizerBuilder.Build(art.Parameters, new OptimizerOptions
+        {
+            Type = "adamw", WeightDecay = j.GetProperty("weight_decay").GetDouble(), Eps = j.GetProperty("eps").GetDouble(),
+            Beta1 = j.GetProperty("betas")[0].GetDouble(), Beta2 = j.GetProperty("betas")[1].GetDouble(),
+        });
+        using var trainer = new Trainer(art.TrainingModel, art.EvalModel, optimizer, art.Parameters, art.Buffers);
+        trainer.SetLearningRate((float)j.GetProperty("lr").GetDouble());
+        int size = VitParityTests.FixtureConfig.ImageSize;
+        var pixels = Enumerable.Range(0, batch * 3 * size * size).Select(n => (float)Math.Sin(0.37 * n)).ToArray();
+        var labels = Enumerable.Range(0, batch).Select(b => (31L * b + 7) % 10).ToArray();
+        using var x = OrtValue.CreateTensorValueFromMemory(pixels, [batch, 3, size, size]);
+        using var y = OrtValue.CreateTensorValueFromMemory(labels, [batch]);
+        for (int step = 0; step < torch.Length; step++)
+        {
+            trainer.LazyResetGrad();
+            double loss = trainer.TrainStep([x], y).Loss;
+            Assert.True(trainer.OptimizerStep().AllFinite);
+            double err = Math.Abs(loss - torch[step]) / torch[step];
+            log.WriteLine($"step {step + 1}: ours {loss:F6} torch {torch[step]:F6} rel diff {err:E1}");
+            Assert.True(err <= 1e-4, $"step {step + 1}: loss {loss} vs PyTorch {torch[step]}");
+        }
     }
 
     [Theory]

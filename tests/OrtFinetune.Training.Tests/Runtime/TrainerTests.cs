@@ -232,6 +232,15 @@ public class TrainerTests(ITestOutputHelper log) : IDisposable
     }
 
     [Fact]
+    public void Bf16SupportIsReadFromTheCudaDevice()
+    {
+        Assert.False(CudaCapability.HasBf16(DeviceSpec.Cpu));
+        // Without a CUDA runtime (these machines) there is no answer, never an exception; with one, a real compute capability.
+        if (CudaCapability.Of(0) is { } cc) Assert.InRange(cc.Major, 3, 20);
+        else Assert.False(CudaCapability.HasBf16(DeviceSpec.Parse("cuda:0")));
+    }
+
+    [Fact]
     public void CudaWithoutTheCudaPackageIsAClearError()
     {
         var e = Assert.Throws<TrainingException>(() => Trainer.Load(CompileTo("cuda"), new TrainerOptions { Device = DeviceSpec.Parse("cuda:0") }));

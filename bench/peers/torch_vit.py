@@ -2,9 +2,13 @@
 """PyTorch eager peer of `ortfinetune benchmark`: the same ViT, batch, optimizer and input shapes.
 
 torchvision's VisionTransformer with the settings of our presets (vit-b16 = torchvision vit_b_16,
-vit-l16 = vit_l_16, ...) and torchvision's own weight init, train mode (dropout 0), AdamW,
-cross-entropy on random images in [-1, 1] and random labels; warm-up + N timed full steps
-(zero_grad, forward, backward, optimizer.step). Prints one JSON object on stdout.
+vit-l16 = vit_l_16, ...) and torchvision's own weight init, train mode (dropout 0), AdamW with
+ortfinetune's default parameter groups (no weight decay for tensors of fewer than 2 dimensions: biases
+and norm weights), cross-entropy on the batch ortfinetune's benchmark uses (pixel n of the flattened NCHW
+batch = sin(0.37 n), label b = (31 b + 7) mod classes); warm-up + N timed full steps (zero_grad, forward,
+backward, optimizer.step). Prints one JSON object on stdout. With --export-weights FILE the initial
+weights are written first (safetensors, torchvision names, float32), so that `ortfinetune benchmark
+--weights FILE` starts from the same point and the per-step losses of both sides can be compared.
 
   /usr/bin/python3 bench/peers/torch_vit.py --model vit-b16 --batch-size 8 --warmup 2 --steps 5 [--precision bf16] [--device cuda]
 
@@ -18,6 +22,7 @@ Run with Debian's python3-torch (1.13) and libopenblas0-pthread on the CPU; any 
 """
 import argparse
 import json
+import struct
 import os
 import platform
 import resource
@@ -50,6 +55,31 @@ def percentile(sorted_values, q):
     return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
 
 
+def save_safetensors(path, tensors):
+    """Writes float32 tensors as a safetensors file (8-byte little-endian header length, JSON header, data)."""
+    header, blobs, offset = {}, [], 0
+    for name, t in tensors.items():
+        data = t.detach().to("cpu", torch.float32).contiguous().numpy().tobytes()
+        header[name] = {"dtype": "F32", "shape": list(t.shape), "data_offsets": [offset, offset + len(data)]}
+        blobs.append(data)
+        offset += len(data)
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(text)))
+        f.write(text)
+        for b in blobs:
+            f.write(b)
+
+
+def synthetic_batch(batch, image, classes):
+    """The batch of `ortfinetune benchmark` (BenchmarkChild.SyntheticBatch): sin(0.37 n) in float64, stored as float32."""
+    n = torch.arange(batch * 3 * image * image, dtype=torch.float64)
+    x = torch.sin(0.37 * n).to(torch.float32).reshape(batch, 3, image, image)
+    y = (31 * torch.arange(batch, dtype=torch.int64) + 7) % classes
+    return x, y
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="vit-b16", help="|".join(PRESETS) + " (or torchvision names vit_b_16, vit_l_16)")
@@ -65,6 +95,7 @@ def main():
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--weight-decay", type=float, default=0.05)
     p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--export-weights", help="write the initial weights here (safetensors, torchvision names) before training")
     a = p.parse_args()
 
     name = ALIASES.get(a.model, a.model)
@@ -97,13 +128,18 @@ def main():
     model = VisionTransformer(image_size=image, patch_size=patch, num_layers=layers, num_heads=heads,
                               hidden_dim=hidden, mlp_dim=mlp, num_classes=a.classes)
     true16 = {"bf16-true": torch.bfloat16, "fp16-true": torch.float16}.get(a.precision)
+    if a.export_weights:
+        save_safetensors(a.export_weights, model.state_dict())
     model = model.to(dev, dtype=true16 or torch.float32)
     model.train()
     params = sum(t.numel() for t in model.parameters())
-    opt = torch.optim.AdamW(model.parameters(), lr=a.lr, weight_decay=a.weight_decay)
+    decay = [t for t in model.parameters() if t.ndim >= 2]
+    no_decay = [t for t in model.parameters() if t.ndim < 2]
+    opt = torch.optim.AdamW([{"params": decay}, {"params": no_decay, "weight_decay": 0.0}], lr=a.lr, weight_decay=a.weight_decay)
     loss_fn = torch.nn.CrossEntropyLoss()
-    x = (torch.rand(a.batch_size, 3, image, image) * 2 - 1).to(dev, dtype=true16 or torch.float32)
-    y = torch.randint(0, a.classes, (a.batch_size,)).to(dev)
+    x, y = synthetic_batch(a.batch_size, image, a.classes)
+    x = x.to(dev, dtype=true16 or torch.float32)
+    y = y.to(dev)
     autocast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(a.precision)
     scaler = None
     if a.precision == "fp16":

@@ -10,8 +10,10 @@ public sealed record ModelRequest
     /// <summary>Input image side in pixels (square), or 0 for the architecture's default.</summary>
     public int ImageSize { get; init; }
     public int Channels { get; init; } = 3;
-    /// <summary>Optional pretrained weights (safetensors with the architecture's parameter names).</summary>
+    /// <summary>Optional pretrained weights: a safetensors file, a folder, or a sharded index (model.safetensors.index.json).</summary>
     public string? WeightsPath { get; init; }
+    /// <summary>Parameter naming of the weights (e.g. "torchvision", "hf", "timm"), or null/"auto" to detect it from the keys.</summary>
+    public string? WeightsFormat { get; init; }
     /// <summary>Forward ONNX model to import, for providers that import files.</summary>
     public string? ModelPath { get; init; }
     public int Seed { get; init; }
@@ -28,6 +30,16 @@ public sealed record ModelDefinition
     public required float[] Mean { get; init; }
     public required float[] Std { get; init; }
     public string Description { get; init; } = "";
+    /// <summary>
+    /// Depth of each parameter for layer-wise learning-rate decay (BEiT/MAE finetuning recipes): 0 for the
+    /// embeddings, i + 1 for encoder block i, <see cref="NumLayers"/> + 1 for the final norm and the head;
+    /// null when the model has no such structure. See <see cref="LayerDecay"/>.
+    /// </summary>
+    public IReadOnlyDictionary<string, int>? LayerIds { get; init; }
+    /// <summary>Number of encoder blocks the <see cref="LayerIds"/> count.</summary>
+    public int NumLayers { get; init; }
+    /// <summary>What loading pretrained weights did (loaded, missing, unexpected, reshaped tensors), as text; null without weights.</summary>
+    public string? WeightsReport { get; init; }
 }
 
 /// <summary>A model plugin: builds forward graphs for the architectures it knows.</summary>
@@ -43,4 +55,28 @@ public interface IModelProvider
 public class ModelException : Exception
 {
     public ModelException(string message, Exception? inner = null) : base(message, inner) { }
+}
+
+/// <summary>
+/// Writes a trained model's weights in another library's format (registered by model plugins, found by the
+/// host's export verb): e.g. safetensors with torchvision, Hugging Face or timm parameter names.
+/// </summary>
+public interface IWeightExporter
+{
+    /// <summary>File format written, e.g. "safetensors".</summary>
+    string Format { get; }
+    /// <summary>Parameter namings it can write, e.g. "torchvision", "hf", "timm".</summary>
+    IReadOnlyList<string> Namings { get; }
+    /// <summary>Writes the float initializers of <paramref name="inference"/> to <paramref name="path"/>; returns a one-line summary.</summary>
+    string Export(Model inference, string path, string naming);
+}
+
+/// <summary>Layer-wise learning-rate decay as in BEiT/MAE finetuning: lr(p) = lr * decay^(layers + 1 - layer_id(p)).</summary>
+public static class LayerDecay
+{
+    public static double Scale(int layerId, int numLayers, double decay) => Math.Pow(decay, numLayers + 1 - layerId);
+
+    /// <summary>The multiplier of every parameter of <paramref name="model"/>; null when it has no layer ids.</summary>
+    public static IReadOnlyDictionary<string, double>? Scales(ModelDefinition model, double decay) =>
+        model.LayerIds?.ToDictionary(kv => kv.Key, kv => Scale(kv.Value, model.NumLayers, decay));
 }

@@ -18,6 +18,7 @@ public static class Program
         root.Subcommands.Add(TrainCommand.CreateEval(pluginDirs));
         root.Subcommands.Add(TrainCommand.CreateExport(pluginDirs));
         root.Subcommands.Add(BenchmarkCommand.Create(pluginDirs));
+        root.Subcommands.Add(SelfTestCommand.Create(pluginDirs));
         root.Subcommands.Add(DebugCommands.CheckpointWriter());
         root.Subcommands.Add(DebugCommands.SetMetadata());
         // The generic host handles SIGINT/SIGTERM (checkpoint, then exit); System.CommandLine must not kill the process first.

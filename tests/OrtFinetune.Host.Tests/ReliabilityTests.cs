@@ -150,6 +150,29 @@ public class ReliabilityTests(ITestOutputHelper log) : IDisposable
     static bool TmpfsDisabled => Environment.GetEnvironmentVariable("ORTFT_TEST_NO_TMPFS") == "1";
 
     [Fact]
+    public void SelfTestOnTheCpuPassesAgainstAFreshProcess()
+    {
+        // CPU vs CPU in a child process: the same graphs, weights and batches, so every check must pass; the
+        // gradient fixtures are PyTorch's. On a GPU the same verb compares the device with the CPU.
+        var dir = Path.Combine(_tmp, "selftest");
+        var r = Run(["selftest", "--device", "cpu", "--steps", "8", "--output", dir], limitSeconds: 300);
+        Assert.True(r.Code == 0, r.Out + r.Err);
+        Assert.Contains("all 17 checks passed", r.Out);
+        var rows = Json(Path.Combine(dir, "selftest.json")).GetProperty("rows").EnumerateArray().ToList();
+        Assert.Equal(17, rows.Count);
+        Assert.All(rows, row => Assert.True(row.GetProperty("Pass").GetBoolean(), row.ToString()));
+        var steps = Json(Path.Combine(dir, "selftest.json")).GetProperty("16-mixed_device").GetProperty("Steps").EnumerateArray().ToList();
+        Assert.Equal(8, steps.Count);
+        Assert.Equal(1, steps[0].GetProperty("StepRead").GetInt64());
+        Assert.Equal(512f, steps[^1].GetProperty("LossScaleRead").GetSingle());   // 256, grown once after 4 finite steps
+
+        var bad = Run(["selftest", "--device", "tpu"]);
+        Assert.Equal(1, bad.Code);
+        Assert.Contains("--device", bad.Err);
+        NoTrace(bad);
+    }
+
+    [Fact]
     public void FullDiskDuringCheckpointIsReportedAndKeepsThePreviousCheckpoint()
     {
         // A vit-tiny checkpoint (parameters + AdamW moments) is ~5.3 MB: an 8 MB tmpfs holds one, not a second beside it.
@@ -264,7 +287,7 @@ public class ReliabilityTests(ITestOutputHelper log) : IDisposable
         Assert.DoesNotContain("epoch 20/20", c.Err);
         // The checkpoints written meanwhile are loadable and carry the scaler state.
         var ck = CheckpointFile.Load(Path.Combine(run, "checkpoints", "last.ckpt"));
-        Assert.True(long.Parse(ck.Meta["user.scaler.skipped_steps"]) >= 8);
+        Assert.True(long.Parse(ck.Meta["scaler.skipped_steps"]) >= 8);
         Assert.Contains("\"val_loss\":null", File.ReadAllText(Path.Combine(run, "metrics.jsonl")));
     }
 
@@ -286,7 +309,7 @@ public class ReliabilityTests(ITestOutputHelper log) : IDisposable
         Assert.Equal(64, skipped + steps);
         Assert.True(scale < 65536);
         Assert.Equal(JsonValueKind.Number, s.GetProperty("final_loss").ValueKind);
-        Assert.Equal(skipped.ToString(), CheckpointFile.Load(Path.Combine(run, "checkpoints", "last.ckpt")).Meta["user.scaler.skipped_steps"]);
+        Assert.Equal(skipped.ToString(), CheckpointFile.Load(Path.Combine(run, "checkpoints", "last.ckpt")).Meta["scaler.skipped_steps"]);
 
         // 16-mixed on the same data: the scaler is active (scale in the summary) and nothing overflows on the CPU.
         var mixed = Path.Combine(_tmp, "mixed");

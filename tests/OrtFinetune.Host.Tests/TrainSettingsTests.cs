@@ -23,6 +23,9 @@ public class TrainSettingsTests
     [InlineData("DataDir", "/no/such/folder", "Train:DataDir (--data-dir) = '/no/such/folder': folder does not exist")]
     [InlineData("Optimizer", "lion", "Train:Optimizer (--optimizer) = 'lion': must be sgd, adam or adamw")]
     [InlineData("Bogus", "1", "Train:Bogus: unknown setting")]
+    [InlineData("WeightsFormat", "keras", "Train:WeightsFormat (--weights-format) = 'keras': must be auto, torchvision, hf or timm")]
+    [InlineData("ExportNaming", "jax", "Train:ExportNaming (--export-naming, export --naming) = 'jax': must be torchvision, hf or timm")]
+    [InlineData("Weights", "/no/such/weights", "Train:Weights (--weights) = '/no/such/weights': file or folder does not exist")]
     public void BadSettingsNameTheKeyAndValue(string key, string value, string message)
     {
         var (code, err) = Run(new() { [$"Train:{key}"] = value });

@@ -1,10 +1,9 @@
 using System.Buffers.Binary;
 using System.Text;
 using OrtFinetune.Abstractions;
-using OrtFinetune.Plugins.Models.Tests.Support;
 using OrtFinetune.Training.Tests.Support;
 using Xunit.Abstractions;
-using Item = OrtFinetune.Plugins.Models.Tests.Support.SafetensorsWriter.Item;
+using Item = OrtFinetune.Plugins.Models.SafetensorsWriter.Item;
 
 namespace OrtFinetune.Plugins.Models.Tests;
 

@@ -1,7 +1,6 @@
 using System.Diagnostics;
 using OrtFinetune.Abstractions;
 using OrtFinetune.Onnx;
-using OrtFinetune.Plugins.Models.Tests.Support;
 using OrtFinetune.Training.Tests.Support;
 using OrtFinetune.Training.Compiler;
 using Xunit.Abstractions;

@@ -1,6 +1,5 @@
 using OrtFinetune.Abstractions;
 using OrtFinetune.Onnx;
-using OrtFinetune.Plugins.Models.Tests.Support;
 using OrtFinetune.Training.Tests.Support;
 using Xunit.Abstractions;
 

@@ -26,7 +26,7 @@ public class PersistentStateTests(ITestOutputHelper log)
         var art = TrainingCompiler.Compile(ModelIO.Load(Path.Combine(dir, "model.onnx")), new CompileOptions { Precision = policy, Kernels = probe, GradientAccumulation = true });
         var optimizer = new OptimizerOptions { Type = "adamw" };
         using var t = new Trainer(art.TrainingModel, art.EvalModel, OptimizerBuilder.Build(art.Parameters, optimizer, kernels: probe), art.Parameters, art.Buffers,
-            new TrainerOptions { IntraOpThreads = 2 });
+            new TrainerOptions { IntraOpThreads = 2, LossScaling = policy.LossScaling });
         Assert.Empty(art.Buffers);
         long expected = 4 * art.Parameters.Sum(p => (p.ElementCount * storageBytes + 255) / 256 * 256);
         long fp32 = 4 * art.Parameters.Sum(p => p.ElementCount * 4);

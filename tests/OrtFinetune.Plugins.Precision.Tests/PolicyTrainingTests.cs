@@ -19,12 +19,13 @@ public class PolicyTrainingTests(ITestOutputHelper log) : IDisposable
 
     static IPrecisionPolicy Policy(string name) => PrecisionNames.Resolve(PrecisionPlugin.Policies(), name);
 
-    static Trainer Build(IPrecisionPolicy policy, Model? forward = null, OptimizerOptions? optim = null)
+    static Trainer Build(IPrecisionPolicy policy, Model? forward = null, OptimizerOptions? optim = null, LossScalerSettings? scaler = null)
     {
         var probe = KernelProbe.For(DeviceSpec.Cpu);
         var art = TrainingCompiler.Compile(forward ?? TinyModels.ConvNet(7), new CompileOptions { Precision = policy, Kernels = probe, GradientAccumulation = true });
         var o = (optim ?? new OptimizerOptions { Type = "adamw", WeightDecay = 0.01 }) with { Rounding = policy.Rounding };
-        return new Trainer(art.TrainingModel, art.EvalModel, OptimizerBuilder.Build(art.Parameters, o, kernels: probe), art.Parameters, art.Buffers);
+        return new Trainer(art.TrainingModel, art.EvalModel, OptimizerBuilder.Build(art.Parameters, o, kernels: probe), art.Parameters, art.Buffers,
+            new TrainerOptions { LossScaling = scaler ?? policy.LossScaling });
     }
 
     static (OrtValue X, OrtValue Y) Batch(float[] images, long[] labels, int start, int n)
@@ -34,15 +35,12 @@ public class PolicyTrainingTests(ITestOutputHelper log) : IDisposable
                 OrtValue.CreateTensorValueFromMemory(labels.AsSpan(start, n).ToArray(), [n]));
     }
 
-    /// <summary>One optimizer step with the policy's loss scaling (GradScaler's loop).</summary>
-    static OptimizerStepResult Step(Trainer t, LossScaler? scaler, OrtValue x, OrtValue y)
+    /// <summary>One optimizer step (the trainer applies the policy's loss scaling, GradScaler's loop).</summary>
+    static OptimizerStepResult Step(Trainer t, OrtValue x, OrtValue y)
     {
         t.LazyResetGrad();
-        if (scaler != null) t.LossScale = scaler.Scale;
         t.TrainStep([x], y);
-        var r = t.OptimizerStep(scaler?.Scale ?? 1f);
-        scaler?.Update(r.AllFinite);
-        return r;
+        return t.OptimizerStep();
     }
 
     /// <summary>The bucketed optimizer (flat views per dtype group) updates 16-bit parameters exactly as the per-parameter one.</summary>
@@ -59,11 +57,10 @@ public class PolicyTrainingTests(ITestOutputHelper log) : IDisposable
         foreach (var t in new[] { a, b })
         {
             t.SetLearningRate(3e-3f);
-            var scaler = policy.LossScaling != null ? new LossScaler(policy.LossScaling) : null;
             for (int i = 0; i < 4; i++)
             {
                 var (x, y) = Batch(images, labels, i * 16, 16);
-                Step(t, scaler, x, y);
+                Step(t, x, y);
             }
         }
         foreach (var n in a.ParameterNames)
@@ -83,7 +80,6 @@ public class PolicyTrainingTests(ITestOutputHelper log) : IDisposable
         if (variant.Length > 0)
             policy = policy.WithOptions(new PrecisionOptions { LossScaling = variant.Contains("scaled"), Rounding = variant.Contains("kahan") ? UpdateRounding.Kahan : UpdateRounding.Nearest });
         using var t = Build(policy);
-        var scaler = policy.LossScaling != null ? new LossScaler(policy.LossScaling) : null;
         var (train, trainY) = TinyModels.Bars(2048, 1);
         var (test, testY) = TinyModels.Bars(512, 2);
         t.SetLearningRate(0.01f);
@@ -92,7 +88,7 @@ public class PolicyTrainingTests(ITestOutputHelper log) : IDisposable
         for (int s = 0; s < 120; s++)
         {
             var (x, y) = Batch(train, trainY, (s * 32) % 2016, 32);
-            using (x) using (y) if (!Step(t, scaler, x, y).AllFinite) skipped++;
+            using (x) using (y) if (!Step(t, x, y).AllFinite) skipped++;
         }
         var ms = sw.Elapsed.TotalMilliseconds / 120;
         double loss = 0, correct = 0;
@@ -103,7 +99,7 @@ public class PolicyTrainingTests(ITestOutputHelper log) : IDisposable
         }
         double acc = correct / 512;
         log.WriteLine($"{policy.Name}{(variant.Length > 0 ? " (" + variant + ")" : "")}: test accuracy {acc:P1}, loss {loss / 512:F3}, {t.Step} updates, {skipped} skipped, " +
-                      $"scale {scaler?.Scale.ToString() ?? "-"}, {ms:F1} ms/step, persistent {t.PersistentBytes / 1024.0:F1} KiB");
+                      $"scale {t.Scaler?.Scale.ToString() ?? "-"}, {ms:F1} ms/step, persistent {t.PersistentBytes / 1024.0:F1} KiB");
         Assert.Equal(120 - skipped, t.Step);
         if (mustConverge) Assert.True(acc >= 0.9, $"{policy.Name} {variant}: accuracy {acc:P1}");
     }
@@ -111,22 +107,23 @@ public class PolicyTrainingTests(ITestOutputHelper log) : IDisposable
     [Fact]
     public void AForcedOverflowSkipsTheUpdateAndHalvesTheScale()
     {
-        using var t = Build(Policy("16-mixed"));
-        var scaler = new LossScaler(new LossScalerSettings { InitScale = 3e38, MaxScale = 3e38 });
+        using var t = Build(Policy("16-mixed"), scaler: new LossScalerSettings { InitScale = 3e38, MaxScale = 3e38 });
         var before = t.GetParameter("fc1.weight").ToDoubles();
         var (train, trainY) = TinyModels.Bars(64, 1);
         var (x, y) = Batch(train, trainY, 0, 32);
         using (x) using (y)
         {
-            var r = Step(t, scaler, x, y);
+            var r = Step(t, x, y);
             Assert.False(r.AllFinite);
             Assert.Equal(0, t.Step);
             Assert.Equal(before, t.GetParameter("fc1.weight").ToDoubles());
-            Assert.Equal((float)1.5e38, scaler.Scale);
-            Assert.Equal(1, scaler.SkippedSteps);
-            // At a sane scale the same batch updates.
-            scaler = new LossScaler();
-            Assert.True(Step(t, scaler, x, y).AllFinite);
+            Assert.Equal((float)1.5e38, t.Scaler!.Scale);
+            Assert.Equal(1, t.Scaler.SkippedSteps);
+            // The scaler backs off until the same batch's gradients are finite, and then it updates.
+            int skips = 1;
+            while (!Step(t, x, y).AllFinite) Assert.True(++skips < 100, "the scale never backed off far enough");
+            Assert.Equal(skips, t.Scaler.SkippedSteps);
+            Assert.Equal((float)(3e38 / Math.Pow(2, skips)), t.Scaler.Scale);
             Assert.Equal(1, t.Step);
             Assert.NotEqual(before, t.GetParameter("fc1.weight").ToDoubles());
         }
@@ -137,20 +134,20 @@ public class PolicyTrainingTests(ITestOutputHelper log) : IDisposable
     {
         var policy = Policy("16-mixed").WithOptions(new PrecisionOptions { Scaler = new LossScalerSettings { GrowthInterval = 3 } });
         using var t = Build(policy);
-        var scaler = new LossScaler(policy.LossScaling);
         var (train, trainY) = TinyModels.Bars(256, 1);
         for (int s = 0; s < 4; s++)
         {
             var (x, y) = Batch(train, trainY, s * 32, 32);
-            using (x) using (y) Step(t, scaler, x, y);
+            using (x) using (y) Step(t, x, y);
         }
+        var scaler = t.Scaler!;
         Assert.Equal(131072f, scaler.Scale);
         Assert.Equal(1, scaler.GrowthTracker);
         var path = Path.Combine(_dir, "ck.bin");
-        t.SaveCheckpoint(path, scaler.State());
+        t.SaveCheckpoint(path);
         using var t2 = Build(policy);
-        var restored = new LossScaler(policy.LossScaling);
-        restored.Load(t2.LoadCheckpoint(path));
+        t2.LoadCheckpoint(path);
+        var restored = t2.Scaler!;
         Assert.Equal((scaler.Scale, scaler.GrowthTracker, scaler.SkippedSteps), (restored.Scale, restored.GrowthTracker, restored.SkippedSteps));
         Assert.Equal(t.GetParameter("fc1.weight").ToDoubles(), t2.GetParameter("fc1.weight").ToDoubles());
     }
@@ -160,8 +157,7 @@ public class PolicyTrainingTests(ITestOutputHelper log) : IDisposable
     {
         using var t = Build(Policy("16-mixed"));
         var (train, trainY) = TinyModels.Bars(256, 1);
-        var scaler = new LossScaler();
-        for (int s = 0; s < 5; s++) { var (x, y) = Batch(train, trainY, s * 32, 32); using (x) using (y) Step(t, scaler, x, y); }
+        for (int s = 0; s < 5; s++) { var (x, y) = Batch(train, trainY, s * 32, 32); using (x) using (y) Step(t, x, y); }
         var fp32 = Path.Combine(_dir, "model.onnx");
         t.ExportModelForInferencing(fp32);
         var half = HalfExport.Convert(ModelIO.Load(fp32), DataType.Float16, KernelProbe.For(DeviceSpec.Cpu));

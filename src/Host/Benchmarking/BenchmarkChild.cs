@@ -35,7 +35,12 @@ public static class BenchmarkChild
             classes = splits.Train.ClassNames.Count;
         }
 
-        var setup = RunSetup.Build(catalog, s, classes, device);
+        var setup = RunSetup.Build(catalog, new RunSetup.Request
+        {
+            Model = s.Model, Classes = classes, ImageSize = s.ImageSize, Seed = s.Seed, Weights = s.Weights,
+            Policy = RunSetup.ResolvePrecision(catalog, s.Precision, device, "--precisions"),
+            Optimizer = new OrtFinetune.Training.Compiler.Optimizers.OptimizerOptions { Type = s.Optimizer, WeightDecay = s.WeightDecay, Momentum = s.Optimizer == "sgd" ? 0.9 : 0, MaxGradNorm = s.MaxGradNorm },
+        }, device);
         var compiled = setup.Artifacts;
         r.Parameters = compiled.Parameters.Sum(p => p.ElementCount);
         var flops = FlopCounter.Count(compiled.TrainingModel, s.BatchSize);
@@ -50,16 +55,12 @@ public static class BenchmarkChild
 
         var model = setup.Model;
         long[] dims = [s.BatchSize, model.Channels, model.ImageSize, model.ImageSize];
-        var rng = new Random(s.Seed);
-        var pixels = new float[dims.Aggregate(1L, (a, b) => a * b)];
-        for (int i = 0; i < pixels.Length; i++) pixels[i] = (float)(rng.NextDouble() * 2 - 1);
-        var labelData = new long[s.BatchSize];
-        for (int i = 0; i < labelData.Length; i++) labelData[i] = rng.Next(classes);
+        var (pixels, labelData) = SyntheticBatch(dims, classes);
         using var x = OrtValue.CreateTensorValueFromMemory(pixels, dims);
         using var y = OrtValue.CreateTensorValueFromMemory(labelData, [s.BatchSize]);
 
         MemNote(log, "compiled");
-        var options = new TrainerOptions { Device = device, IntraOpThreads = s.Threads, CpuMemArena = s.CpuArena };
+        var options = new TrainerOptions { Device = device, IntraOpThreads = s.Threads, CpuMemArena = s.CpuArena, LossScaling = setup.Policy.LossScaling };
         using (var trainer = new Trainer(compiled.TrainingModel, compiled.EvalModel, setup.Optimizer, compiled.Parameters, compiled.Buffers, options))
         {
             if (!s.Profile && s.Epochs == 0)
@@ -74,24 +75,21 @@ public static class BenchmarkChild
             r.SetupSeconds = setupClock.Elapsed.TotalSeconds;
             r.PersistentStateBytes = trainer.PersistentBytes;
             trainer.SetLearningRate((float)s.Lr);
-            var scaler = setup.Policy.LossScaling != null ? new LossScaler(setup.Policy.LossScaling) : null;
             for (int i = 0; i < s.Warmup + s.Steps; i++)
             {
                 ct.ThrowIfCancellationRequested();
                 var clock = Stopwatch.StartNew();
                 trainer.LazyResetGrad();
-                if (scaler != null) trainer.LossScale = scaler.Scale;
                 var step = trainer.TrainStep([x], y);
-                var o = trainer.OptimizerStep(scaler?.Scale ?? 1f);
+                trainer.OptimizerStep();
                 double sec = clock.Elapsed.TotalSeconds;
-                scaler?.Update(o.AllFinite);
                 gpu?.Sample();
                 if (i < s.Warmup) r.WarmupSeconds.Add(sec);
                 else { r.StepSeconds.Add(sec); r.StepLosses.Add(step.Loss); }
                 MemNote(log, "after step");
                 log.LogInformation("{Policy} {Kind} step {N}: {Seconds:F3} s, loss {Loss:F4}", s.Precision, i < s.Warmup ? "warm-up" : "timed", i < s.Warmup ? i + 1 : i - s.Warmup + 1, sec, step.Loss);
             }
-            r.SkippedSteps = scaler?.SkippedSteps ?? 0;
+            r.SkippedSteps = trainer.Scaler?.SkippedSteps ?? 0;
         }
         // Peak memory of the step benchmark, before the epochs' data loader and the profile sessions add theirs.
         r.PeakRssBytes = Machine.PeakRssBytes();
@@ -114,6 +112,20 @@ public static class BenchmarkChild
             File.WriteAllText(Path.Combine(dir, "by_op_type.md"), profile.ToMarkdown(Math.Max(1, s.Steps)));
         }
         return r;
+    }
+
+    /// <summary>
+    /// The batch every timed step trains on, from a formula the PyTorch peer (bench/peers/torch_vit.py) computes
+    /// the same way, so that both sides see the same data: pixel n of the flattened NCHW batch is sin(0.37 n)
+    /// (computed in float64, stored as float32), label b is (31 b + 7) mod classes.
+    /// </summary>
+    public static (float[] Images, long[] Labels) SyntheticBatch(long[] dims, int classes)
+    {
+        var pixels = new float[dims.Aggregate(1L, (a, b) => a * b)];
+        for (int i = 0; i < pixels.Length; i++) pixels[i] = (float)Math.Sin(0.37 * i);
+        var labels = new long[dims[0]];
+        for (int b = 0; b < labels.Length; b++) labels[b] = (31L * b + 7) % classes;
+        return (pixels, labels);
     }
 
     /// <summary>Debug log: resident memory (Linux) and the GC's heap and committed bytes at a point of the run.</summary>
@@ -141,7 +153,6 @@ public static class BenchmarkChild
         var test = new LoaderBatchSource(splits.Test, setup.Model, false, settings);
         long total = (long)train.BatchesPerEpoch * s.Epochs;
         var schedule = Schedules.Create("cosine", s.Lr, total, Math.Min(total / 10, 100));
-        var scaler = setup.Policy.LossScaling != null ? new LossScaler(setup.Policy.LossScaling) : null;
         using var trainer = new Trainer(c.TrainingModel, c.EvalModel, setup.Optimizer, c.Parameters, c.Buffers, options);
         for (int epoch = 0; epoch < s.Epochs; epoch++)
         {
@@ -150,11 +161,9 @@ public static class BenchmarkChild
                 using var xv = OrtValue.CreateTensorValueFromMemory(xs, [n, setup.Model.Channels, setup.Model.ImageSize, setup.Model.ImageSize]);
                 using var yv = OrtValue.CreateTensorValueFromMemory(ys, [n]);
                 trainer.LazyResetGrad();
-                if (scaler != null) trainer.LossScale = scaler.Scale;
                 var step = trainer.TrainStep([xv], yv);
                 trainer.SetLearningRate((float)schedule.At(trainer.Step));
-                var o = trainer.OptimizerStep(scaler?.Scale ?? 1f);
-                scaler?.Update(o.AllFinite);
+                var o = trainer.OptimizerStep();
                 if (o.AllFinite) r.EpochLosses.Add(step.Loss);
             }
             var v = TrainRun.Evaluate(trainer, val, setup.Model, ct);
@@ -164,7 +173,7 @@ public static class BenchmarkChild
         var t = TrainRun.Evaluate(trainer, test, setup.Model, ct);
         r.TestAccuracy = t.Top1;
         r.TestLoss = t.Loss;
-        r.SkippedSteps += scaler?.SkippedSteps ?? 0;
+        r.SkippedSteps += trainer.Scaler?.SkippedSteps ?? 0;
     }
 
     public static string TypeName(OrtFinetune.Onnx.DataType t) => t switch

@@ -33,6 +33,8 @@ public sealed record BenchmarkSpec
     public string Optimizer { get; init; } = "adamw";
     public double? MaxGradNorm { get; init; }
     public int Seed { get; init; } = 42;
+    /// <summary>Initial weights (safetensors, e.g. the PyTorch peer's, exported with --export-weights); null = the model's own init.</summary>
+    public string? Weights { get; init; }
     public int Workers { get; init; } = 2;
     public bool Profile { get; init; }
     public bool MeasurePeak { get; init; } = true;

@@ -42,6 +42,7 @@ public static class BenchmarkCommand
         var wd = new Option<double>("--weight-decay") { Description = "Weight decay", DefaultValueFactory = _ => 0.05 };
         var clip = new Option<double?>("--max-grad-norm") { Description = "Gradient clipping (default: none, as the PyTorch peer)" };
         var seed = new Option<int>("--seed") { Description = "Seed", DefaultValueFactory = _ => 42 };
+        var weights = new Option<string?>("--weights") { Description = "Initial weights (safetensors with torchvision names, e.g. written by bench/peers/torch_vit.py --export-weights)" };
         var workers = new Option<int>("--workers") { Description = "Data-loader workers (epochs)", DefaultValueFactory = _ => 2 };
         var profile = new Option<bool>("--profile") { Description = "Profile the steps with ORT's profiler and write profile.md (time per op type)" };
         var noPeak = new Option<bool>("--no-peak") { Description = "Skip measuring the machine's MatMul peak" };
@@ -49,7 +50,7 @@ public static class BenchmarkCommand
         var cmd = new Command("benchmark", "Measure step time, throughput, peak memory and FLOP/s per precision policy; write benchmark.json, benchmark.md and PNG charts.")
         {
             model, dataset, dataDir, limit, batch, precisions, warmup, steps, epochs, imageSize, classes, device, threads, arena,
-            optimizer, lr, wd, clip, seed, workers, profile, noPeak, output,
+            optimizer, lr, wd, clip, seed, weights, workers, profile, noPeak, output,
         };
         cmd.SetAction((r, ct) =>
         {
@@ -66,7 +67,7 @@ public static class BenchmarkCommand
                 Warmup = r.GetValue(warmup), Steps = r.GetValue(steps), Epochs = r.GetValue(epochs), ImageSize = r.GetValue(imageSize),
                 Classes = r.GetValue(classes), Device = r.GetValue(device)!, Threads = r.GetValue(threads), CpuArena = r.GetValue(arena),
                 Optimizer = r.GetValue(optimizer)!, Lr = r.GetValue(lr), WeightDecay = r.GetValue(wd), MaxGradNorm = r.GetValue(clip),
-                Seed = r.GetValue(seed), Workers = r.GetValue(workers), Profile = r.GetValue(profile), MeasurePeak = !r.GetValue(noPeak),
+                Seed = r.GetValue(seed), Weights = r.GetValue(weights) is { } w ? Path.GetFullPath(w) : null, Workers = r.GetValue(workers), Profile = r.GetValue(profile), MeasurePeak = !r.GetValue(noPeak),
                 PluginFolders = HostSetup.PluginFolders(config).Select(Path.GetFullPath).ToArray(),
                 Output = Path.GetFullPath(r.GetValue(output) ?? Path.Combine("benchmarks", DateTime.Now.ToString("yyyyMMdd-HHmmss", CultureInfo.InvariantCulture))),
             };
@@ -144,12 +145,7 @@ public static class BenchmarkCommand
         var resultFile = Path.Combine(dir, spec.Precision + ".json");
         File.WriteAllText(specFile, JsonSerializer.Serialize(spec, BenchmarkSpec.Json));
         File.Delete(resultFile);
-        var self = Environment.ProcessPath ?? "dotnet";
-        var args = new List<string>();
-        if (Path.GetFileNameWithoutExtension(self).Equals("dotnet", StringComparison.OrdinalIgnoreCase))
-            args.Add(typeof(BenchmarkCommand).Assembly.Location);
-        args.AddRange(["benchmark", ChildVerb, "--spec", specFile, "--result", resultFile]);
-        var psi = new ProcessStartInfo(self, args) { UseShellExecute = false, RedirectStandardError = true };
+        var psi = HostSetup.SelfProcess(["benchmark", ChildVerb, "--spec", specFile, "--result", resultFile]);
         var tail = new Queue<string>();
         using var p = new Process { StartInfo = psi };
         p.ErrorDataReceived += (_, e) =>
@@ -158,7 +154,7 @@ public static class BenchmarkCommand
             Console.Error.WriteLine(e.Data);
             lock (tail) { tail.Enqueue(e.Data); if (tail.Count > 15) tail.Dequeue(); }
         };
-        Console.Error.WriteLine($"== {spec.Precision}: {self} {string.Join(' ', args)}");
+        Console.Error.WriteLine($"== {spec.Precision}: {psi.FileName} {string.Join(' ', psi.ArgumentList)}");
         p.Start();
         p.BeginErrorReadLine();
         using (ct.Register(() => { try { if (!p.HasExited) p.Kill(true); } catch (InvalidOperationException) { } }))

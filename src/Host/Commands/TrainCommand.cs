@@ -23,7 +23,8 @@ public static class TrainCommand
         "Evaluate a checkpoint on the test and validation splits (--run <run folder> or --resume <checkpoint> plus the run's settings).", pluginDirs, "eval");
 
     public static Command CreateExport(Option<string[]> pluginDirs) => Make("export",
-        "Export a checkpoint as a plain ONNX inference model (--to FILE; --export-fp16 adds a float16 copy).", pluginDirs, "export");
+        "Export a checkpoint as a plain ONNX inference model (--to FILE; --export-fp16 adds a float16 copy), or its weights as safetensors "
+        + "(--format safetensors --naming torchvision|hf|timm) for PyTorch.", pluginDirs, "export");
 
     static Command Make(string name, string description, Option<string[]> pluginDirs, string? mode)
     {
@@ -31,15 +32,19 @@ public static class TrainCommand
         var verbose = new Option<bool>("--verbose") { Description = "Debug logging, and the per-op dtype report" };
         var runDir = new Option<string?>("--run") { Description = "A run folder: its settings.json and checkpoints/last.ckpt are used (command-line options still win)" };
         var to = new Option<string?>("--to") { Description = "Where to write the exported model" };
+        var format = new Option<string?>("--format") { Description = "onnx (inference model, the default) or safetensors (the weights, for PyTorch)" };
+        var naming = new Option<string?>("--naming") { Description = "Parameter names of a safetensors export: torchvision (default), hf or timm" };
         var cmd = new Command(name, description);
         foreach (var (o, _) in settings) cmd.Options.Add(o);
         cmd.Options.Add(verbose);
         if (mode != null) cmd.Options.Add(runDir);
-        if (mode == "export") cmd.Options.Add(to);
+        if (mode == "export") { cmd.Options.Add(to); cmd.Options.Add(format); cmd.Options.Add(naming); }
         cmd.SetAction(r =>
         {
             var config = HostSetup.CommandLineConfig(r, settings);
             foreach (var (k, v) in PluginsCommand.PluginDirConfig(r, pluginDirs)) config[k] = v;
+            if (mode == "export" && r.GetValue(format) is string f) config["Train:ExportFormat"] = f;
+            if (mode == "export" && r.GetValue(naming) is string n) config["Train:ExportNaming"] = n;
             var run = mode != null ? r.GetValue(runDir) : null;
             if (run != null)
             {
@@ -50,7 +55,8 @@ public static class TrainCommand
                 config.TryAdd("Train:Resume", Path.Combine(run, "checkpoints", "last.ckpt"));
                 config.Remove("Train:Output");
             }
-            var exportTo = mode == "export" ? r.GetValue(to) ?? (run != null ? Path.Combine(run, "model.onnx") : null) : null;
+            bool safetensors = config.TryGetValue("Train:ExportFormat", out var ef) && ef == "safetensors";
+            var exportTo = mode == "export" ? r.GetValue(to) ?? (run != null ? Path.Combine(run, safetensors ? "model.safetensors" : "model.onnx") : null) : null;
             if (mode == "export" && exportTo == null) { Console.Error.WriteLine("error: export needs --to FILE (or --run DIR)"); return ExitCodes.Usage; }
             return Execute(config, r.GetValue(verbose), evaluateOnly: mode == "eval", exportTo: exportTo);
         });
@@ -93,11 +99,9 @@ public static class TrainCommand
         try
         {
             var catalog = host.Services.GetRequiredService<PluginCatalog>();
-            var run = new TrainRun(s, catalog, log, (ds, model, training, settings) => new LoaderBatchSource(ds, model, training, settings))
-            {
-                EvaluateOnly = evaluateOnly, ExportTo = exportTo,
-            };
-            return run.Run(lifetime.ApplicationStopping);
+            var run = new TrainRun(s, catalog, log, (ds, model, training, settings) => new LoaderBatchSource(ds, model, training, settings));
+            var ct = lifetime.ApplicationStopping;
+            return exportTo != null ? run.Export(exportTo) : evaluateOnly ? run.Evaluate(ct) : run.Train(ct);
         }
         catch (Exception e) when (Classify(e) is int code)
         {

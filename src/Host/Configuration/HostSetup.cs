@@ -1,3 +1,4 @@
+using System.Diagnostics;
 using System.CommandLine;
 using System.Reflection;
 using System.Text;
@@ -12,7 +13,7 @@ namespace OrtFinetune.Host.Configuration;
 /// <summary>Exit codes of the ortfinetune executable.</summary>
 public static class ExitCodes
 {
-    public const int Ok = 0, Usage = 1, BadInput = 2, Compile = 3, TrainingFailed = 4, Interrupted = 130;
+    public const int Ok = 0, Usage = 1, BadInput = 2, Compile = 3, TrainingFailed = 4, SelfTestFailed = 5, Interrupted = 130;
 }
 
 /// <summary>
@@ -22,6 +23,17 @@ public static class ExitCodes
 /// </summary>
 public static class HostSetup
 {
+    /// <summary>Starts this executable again with <paramref name="args"/> (a child of the benchmark or the self-check); stderr redirected.</summary>
+    public static ProcessStartInfo SelfProcess(IEnumerable<string> args)
+    {
+        var self = Environment.ProcessPath ?? "dotnet";
+        var all = new List<string>();
+        if (Path.GetFileNameWithoutExtension(self).Equals("dotnet", StringComparison.OrdinalIgnoreCase))
+            all.Add(typeof(HostSetup).Assembly.Location);
+        all.AddRange(args);
+        return new ProcessStartInfo(self, all) { UseShellExecute = false, RedirectStandardError = true };
+    }
+
     /// <summary>Command-line options generated from <see cref="TrainSettings"/>: --batch-size maps to Train:BatchSize.</summary>
     public static List<(Option<string> Option, string Key)> SettingOptions()
     {

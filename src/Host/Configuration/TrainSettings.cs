@@ -13,8 +13,14 @@ public sealed class TrainSettings
     public string Model { get; set; } = "vit-tiny";
     /// <summary>Forward ONNX file for the "onnx" model.</summary>
     public string? ModelFile { get; set; }
-    /// <summary>Pretrained weights (safetensors, torchvision names).</summary>
+    /// <summary>Pretrained weights: a safetensors file, a folder, or a sharded index (model.safetensors.index.json).</summary>
     public string? Weights { get; set; }
+    /// <summary>Parameter naming of the weights: auto (detected from the keys), torchvision, hf or timm.</summary>
+    public string WeightsFormat { get; set; } = "auto";
+    /// <summary>What the export verb writes: onnx (inference model) or safetensors (the weights, in ExportNaming).</summary>
+    public string ExportFormat { get; set; } = "onnx";
+    /// <summary>Parameter naming of a safetensors export: torchvision, hf or timm.</summary>
+    public string ExportNaming { get; set; } = "torchvision";
     public string Dataset { get; set; } = "shapes";
     public string? DataDir { get; set; }
     public string Precision { get; set; } = "auto";
@@ -128,7 +134,10 @@ public sealed class TrainSettings
         if (DataDir != null) Check(Directory.Exists(DataDir), "Train:DataDir (--data-dir)", DataDir, "folder does not exist");
         if (Resume != null) Check(File.Exists(Resume), "Train:Resume (--resume)", Resume, "checkpoint file does not exist");
         if (ModelFile != null) Check(File.Exists(ModelFile), "Train:ModelFile (--model-file)", ModelFile, "file does not exist");
-        if (Weights != null) Check(File.Exists(Weights), "Train:Weights (--weights)", Weights, "file does not exist");
+        if (Weights != null) Check(File.Exists(Weights) || Directory.Exists(Weights), "Train:Weights (--weights)", Weights, "file or folder does not exist");
+        Check(WeightsFormat is "auto" or "torchvision" or "hf" or "timm", "Train:WeightsFormat (--weights-format)", WeightsFormat, "must be auto, torchvision, hf or timm");
+        Check(ExportFormat is "onnx" or "safetensors", "Train:ExportFormat (--export-format, export --format)", ExportFormat, "must be onnx or safetensors");
+        Check(ExportNaming is "torchvision" or "hf" or "timm", "Train:ExportNaming (--export-naming, export --naming)", ExportNaming, "must be torchvision, hf or timm");
         try { OrtFinetune.Training.Runtime.DeviceSpec.Parse(Device); }
         catch (OrtFinetune.Training.Runtime.TrainingException e) { errors.Add($"Train:Device (--device) = '{Device}': {e.Message}"); }
     }

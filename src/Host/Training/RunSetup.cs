@@ -1,6 +1,5 @@
 using OrtFinetune.Abstractions;
 using OrtFinetune.Host.Plugins;
-using OrtFinetune.Host.Benchmarking;
 using OrtFinetune.Onnx;
 using OrtFinetune.Training.Compiler;
 using OrtFinetune.Training.Compiler.Losses;
@@ -28,6 +27,8 @@ public static class RunSetup
         public int ImageSize { get; init; }
         public int Seed { get; init; }
         public string? Weights { get; init; }
+        /// <summary>Naming of the weights (auto, torchvision, hf, timm).</summary>
+        public string? WeightsFormat { get; init; }
         public string? ModelFile { get; init; }
         public IReadOnlyList<string> Trainable { get; init; } = [];
         public IReadOnlyList<string> Freeze { get; init; } = [];
@@ -53,7 +54,7 @@ public static class RunSetup
             model = mp.Provider.Create(new ModelRequest
             {
                 Architecture = r.Model, NumClasses = r.Classes, ImageSize = r.ImageSize, Channels = 3,
-                WeightsPath = r.Weights, ModelPath = r.ModelFile, Seed = r.Seed,
+                WeightsPath = r.Weights, WeightsFormat = r.WeightsFormat, ModelPath = r.ModelFile, Seed = r.Seed,
             });
         }
         catch (Exception e) when (e is not (ModelException or OnnxFormatException or OperationCanceledException))
@@ -85,12 +86,4 @@ public static class RunSetup
             compiled.TrainingModel.OpsetOf(""), kernels);
         return new Compiled(model, r.Policy, compiled, optimizer, kernels);
     }
-
-    /// <summary>The benchmark's request: synthetic or real data, default training settings.</summary>
-    public static Compiled Build(PluginCatalog catalog, BenchmarkSpec s, int classes, DeviceSpec device) => Build(catalog, new Request
-    {
-        Model = s.Model, Classes = classes, ImageSize = s.ImageSize, Seed = s.Seed,
-        Policy = ResolvePrecision(catalog, s.Precision, device, "--precisions"),
-        Optimizer = new OptimizerOptions { Type = s.Optimizer, WeightDecay = s.WeightDecay, Momentum = s.Optimizer == "sgd" ? 0.9 : 0, MaxGradNorm = s.MaxGradNorm },
-    }, device);
 }

@@ -25,20 +25,22 @@ public interface IBatchSource
 }
 
 /// <summary>
-/// One training run end to end: dataset and model from plugins, precision, compile, train with
-/// periodic evaluation and checkpoints, test evaluation, export, summary. Stops at a step boundary
-/// when cancelled (SIGINT/SIGTERM) after saving a checkpoint.
+/// The train, eval and export verbs: dataset and model from plugins, precision, compile, and a trainer
+/// (<see cref="Open"/>, shared by all three); then a full training run with periodic evaluation and
+/// checkpoints, test evaluation, export and summary (<see cref="Train"/>), or one checkpoint evaluated
+/// (<see cref="Evaluate"/>) or exported (<see cref="Export"/>). Training stops at a step boundary when
+/// cancelled (SIGINT/SIGTERM) after saving a checkpoint.
 /// </summary>
 public sealed class TrainRun(TrainSettings s, PluginCatalog catalog, ILogger log, Func<IImageDataset, ModelDefinition, bool, TrainSettings, IBatchSource> batches)
 {
-    /// <summary>Evaluate a checkpoint on the test split instead of training (the eval verb).</summary>
-    public bool EvaluateOnly { get; init; }
-    /// <summary>Export a checkpoint as an inference model to this path instead of training (the export verb).</summary>
-    public string? ExportTo { get; init; }
-
-    public int Run(CancellationToken ct)
+    /// <summary>What every verb starts from: the data, the model and a trainer holding its weights.</summary>
+    sealed record Session(DeviceSpec Device, IPrecisionPolicy Policy, DatasetSplits Splits, ModelDefinition Model, Trainer Trainer, long ParameterCount, string PrecisionReport) : IDisposable
     {
-        var total = Stopwatch.StartNew();
+        public void Dispose() => Trainer.Dispose();
+    }
+
+    Session Open()
+    {
         var device = DeviceSpec.Parse(s.Device);
         if (!catalog.Datasets.TryGetValue(s.Dataset, out var ds))
             throw new UsageException($"dataset '{s.Dataset}' is not provided by any loaded plugin (available: {string.Join(", ", catalog.Datasets.Keys.Order())})");
@@ -47,7 +49,6 @@ public sealed class TrainRun(TrainSettings s, PluginCatalog catalog, ILogger log
             LossScaling = s.LossScaling,
             Rounding = s.Rounding == "kahan" ? UpdateRounding.Kahan : UpdateRounding.Nearest,
         });
-        var precision = policy.Name;
 
         log.LogInformation("opening dataset {Dataset} ({Plugin})", s.Dataset, ds.Plugin);
         DatasetSplits splits;
@@ -70,62 +71,97 @@ public sealed class TrainRun(TrainSettings s, PluginCatalog catalog, ILogger log
 
         var setup = RunSetup.Build(catalog, new RunSetup.Request
         {
-            Model = s.Model, Classes = classes, ImageSize = s.ImageSize, Seed = s.Seed, Weights = s.Weights, ModelFile = s.ModelFile,
+            Model = s.Model, Classes = classes, ImageSize = s.ImageSize, Seed = s.Seed, Weights = s.Weights, WeightsFormat = s.WeightsFormat, ModelFile = s.ModelFile,
             Trainable = s.Trainable, Freeze = s.Freeze, LabelSmoothing = s.LabelSmoothing, Policy = policy,
             Optimizer = new OptimizerOptions { Type = s.Optimizer, WeightDecay = s.WeightDecay, Momentum = s.Optimizer == "sgd" ? s.Momentum : 0, MaxGradNorm = s.MaxGradNorm },
         }, device);
-        var (model, compiled, optimizer, kernels) = (setup.Model, setup.Artifacts, setup.Optimizer, setup.Kernels);
-        log.LogInformation("model {Model}: {Description}", s.Model, model.Description);
+        var compiled = setup.Artifacts;
+        log.LogInformation("model {Model}: {Description}", s.Model, setup.Model.Description);
         var report = DtypeReport.Of(compiled.TrainingModel);
         log.LogInformation("precision {Precision}: parameters in {Storage}, compute in {Compute}{Scaler}", policy.Name, policy.StorageType.OnnxName(), policy.ComputeType.OnnxName(),
             policy.LossScaling != null ? $", dynamic loss scaling from {policy.LossScaling.InitScale}" : "");
         log.LogDebug("dtypes of the training graph per op type:\n{Report}", report);
-        var scaler = policy.LossScaling != null ? new LossScaler(policy.LossScaling) : null;
         long paramCount = compiled.Parameters.Sum(p => p.ElementCount);
         log.LogInformation("compiled in {Ms:F0} ms: {Count:N0} trainable parameters in {Tensors} tensors, {Nodes} training nodes",
             compiled.CompileTime.TotalMilliseconds, paramCount, compiled.Parameters.Count, compiled.TrainingModel.Graph.Nodes.Count);
 
-        using var trainer = new Trainer(compiled.TrainingModel, compiled.EvalModel, optimizer, compiled.Parameters, compiled.Buffers,
-            new TrainerOptions { Device = device, IntraOpThreads = s.Threads, CpuMemArena = s.CpuArena });
+        var trainer = new Trainer(compiled.TrainingModel, compiled.EvalModel, setup.Optimizer, compiled.Parameters, compiled.Buffers,
+            new TrainerOptions { Device = device, IntraOpThreads = s.Threads, CpuMemArena = s.CpuArena, LossScaling = policy.LossScaling });
         // The trainer holds its own copy of the weights: let the host copies go (no doubled weight buffers).
-        model = model with { Forward = new Model() };
-        compiled = null!;
+        var model = setup.Model with { Forward = new Model() };
+        var kernels = setup.Kernels;
         setup = null!;
+        compiled = null!;
         HostMemory.Release();
+        return new Session(device, policy, splits, model, trainer, paramCount,
+            $"policy {policy.Name} on {device}\n\n{report}\n\nkernel probes:\n{kernels.Describe()}\n");
+    }
 
-        if (EvaluateOnly || ExportTo != null)
+    /// <summary>The eval and export verbs start from a checkpoint.</summary>
+    Session OpenCheckpoint()
+    {
+        if (s.Resume == null) throw new UsageException("this command needs a checkpoint: --resume <file> or --run <run folder>");
+        var x = Open();
+        try { x.Trainer.LoadCheckpoint(s.Resume); }
+        catch { x.Dispose(); throw; }
+        log.LogInformation("loaded {Checkpoint} (step {Step})", s.Resume, x.Trainer.Step);
+        return x;
+    }
+
+    /// <summary>
+    /// The export verb: the checkpoint's weights as an inference model (and an fp16 copy when asked), or with
+    /// --format safetensors as a PyTorch library's state dict (--naming torchvision|hf|timm).
+    /// </summary>
+    public int Export(string to)
+    {
+        using var x = OpenCheckpoint();
+        if (s.ExportFormat == "safetensors")
         {
-            if (s.Resume == null) throw new UsageException("this command needs a checkpoint: --resume <file> or --run <run folder>");
-            trainer.LoadCheckpoint(s.Resume);
-            log.LogInformation("loaded {Checkpoint} (step {Step})", s.Resume, trainer.Step);
-            if (ExportTo != null)
-            {
-                trainer.ExportModelForInferencing(ExportTo);
-                if (s.ExportFp16) HalfExport.ConvertFile(ExportTo, Path.ChangeExtension(ExportTo, ".fp16.onnx"));
-                Console.WriteLine($"exported {ExportTo}{(s.ExportFp16 ? " and " + Path.ChangeExtension(ExportTo, ".fp16.onnx") : "")}");
-                return ExitCodes.Ok;
-            }
-            var te = Evaluate(trainer, batches(splits.Test, model, false, s), model, ct);
-            var ve = Evaluate(trainer, batches(splits.Validation, model, false, s), model, ct);
-            Console.WriteLine($"test accuracy {te.Top1:P2} (top-5 {te.Top5:P2}), test loss {te.Loss:F4}; validation accuracy {ve.Top1:P2}, loss {ve.Loss:F4}");
-            var result = new JsonObject
-            {
-                ["checkpoint"] = Path.GetFullPath(s.Resume), ["step"] = trainer.Step, ["precision"] = precision,
-                ["test_accuracy"] = Finite(te.Top1), ["test_top5"] = Finite(te.Top5), ["test_loss"] = Finite(te.Loss),
-                ["val_accuracy"] = Finite(ve.Top1), ["val_top5"] = Finite(ve.Top5), ["val_loss"] = Finite(ve.Loss),
-            };
-            if (s.Output != null) { Directory.CreateDirectory(s.Output); File.WriteAllText(Path.Combine(s.Output, "eval.json"), result.ToJsonString(new System.Text.Json.JsonSerializerOptions { WriteIndented = true })); }
+            Console.WriteLine(WeightExportStep.Export(catalog, x.Trainer, to, s.ExportFormat, s.ExportNaming));
             return ExitCodes.Ok;
         }
+        x.Trainer.ExportModelForInferencing(to);
+        if (s.ExportFp16) HalfExport.ConvertFile(to, Path.ChangeExtension(to, ".fp16.onnx"));
+        Console.WriteLine($"exported {to}{(s.ExportFp16 ? " and " + Path.ChangeExtension(to, ".fp16.onnx") : "")}");
+        return ExitCodes.Ok;
+    }
 
+    /// <summary>The eval verb: the checkpoint on the test and validation splits (eval.json in --output when given).</summary>
+    public int Evaluate(CancellationToken ct)
+    {
+        using var x = OpenCheckpoint();
+        var te = Evaluate(x.Trainer, batches(x.Splits.Test, x.Model, false, s), x.Model, ct);
+        var ve = Evaluate(x.Trainer, batches(x.Splits.Validation, x.Model, false, s), x.Model, ct);
+        Console.WriteLine($"test accuracy {te.Top1:P2} (top-5 {te.Top5:P2}), test loss {te.Loss:F4}; validation accuracy {ve.Top1:P2}, loss {ve.Loss:F4}");
+        var result = new JsonObject
+        {
+            ["checkpoint"] = Path.GetFullPath(s.Resume!), ["step"] = x.Trainer.Step, ["precision"] = x.Policy.Name,
+            ["test_accuracy"] = Finite(te.Top1), ["test_top5"] = Finite(te.Top5), ["test_loss"] = Finite(te.Loss),
+            ["val_accuracy"] = Finite(ve.Top1), ["val_top5"] = Finite(ve.Top5), ["val_loss"] = Finite(ve.Loss),
+        };
+        if (s.Output != null) { Directory.CreateDirectory(s.Output); File.WriteAllText(Path.Combine(s.Output, "eval.json"), result.ToJsonString(new System.Text.Json.JsonSerializerOptions { WriteIndented = true })); }
+        return ExitCodes.Ok;
+    }
+
+    /// <summary>The train verb.</summary>
+    public int Train(CancellationToken ct)
+    {
+        var total = Stopwatch.StartNew();
+        using var x = Open();
+        var (trainer, model) = (x.Trainer, x.Model);
         var runDir = s.Output ?? (s.Resume != null ? Path.GetDirectoryName(Path.GetDirectoryName(Path.GetFullPath(s.Resume)))! : Path.Combine("runs", DateTime.Now.ToString("yyyyMMdd-HHmmss", CultureInfo.InvariantCulture)));
         using var run = new RunFolder(runDir, append: s.Resume != null);
         run.WriteJson("settings.json", s);
-        File.WriteAllText(Path.Combine(run.Path, "precision_report.txt"), $"policy {policy.Name} on {device}\n\n{report}\n\nkernel probes:\n{kernels.Describe()}\n");
+        File.WriteAllText(Path.Combine(run.Path, "precision_report.txt"), x.PrecisionReport);
+        if (model.WeightsReport != null)
+        {
+            File.WriteAllText(Path.Combine(run.Path, "weights_report.txt"), model.WeightsReport);
+            log.LogDebug("weights:\n{Report}", model.WeightsReport);
+        }
 
-        var train = batches(splits.Train, model, true, s);
-        var val = batches(splits.Validation, model, false, s);
-        var test = batches(splits.Test, model, false, s);
+        var train = batches(x.Splits.Train, model, true, s);
+        var val = batches(x.Splits.Validation, model, false, s);
+        var test = batches(x.Splits.Test, model, false, s);
         int stepsPerEpoch = train.BatchesPerEpoch / s.GradientAccumulation;
         long totalSteps = (long)stepsPerEpoch * s.Epochs;
         var schedule = Schedules.Create(s.Schedule, s.Lr, totalSteps, Math.Min(s.WarmupSteps, totalSteps));
@@ -136,22 +172,17 @@ public sealed class TrainRun(TrainSettings s, PluginCatalog catalog, ILogger log
             var extra = trainer.LoadCheckpoint(s.Resume);
             startEpoch = int.Parse(extra.GetValueOrDefault("epoch", "0"), CultureInfo.InvariantCulture);
             startBatch = int.Parse(extra.GetValueOrDefault("batch", "0"), CultureInfo.InvariantCulture);
-            scaler?.Load(extra);
             if (extra.GetValueOrDefault("seed") is { } seed && seed != s.Seed.ToString(CultureInfo.InvariantCulture))
                 log.LogWarning("the checkpoint was trained with seed {Old}; continuing with seed {New} changes the data order", seed, s.Seed);
             log.LogInformation("resumed from {Checkpoint}: step {Step}, epoch {Epoch}, batch {Batch}", s.Resume, trainer.Step, startEpoch + 1, startBatch);
         }
 
-        Dictionary<string, string> State(int epoch, int batch)
+        Dictionary<string, string> State(int epoch, int batch) => new()
         {
-            var d = new Dictionary<string, string>
-            {
-                ["epoch"] = epoch.ToString(CultureInfo.InvariantCulture), ["batch"] = batch.ToString(CultureInfo.InvariantCulture),
-                ["seed"] = s.Seed.ToString(CultureInfo.InvariantCulture), ["schedule"] = schedule.Describe(), ["precision"] = policy.Name,
-            };
-            if (scaler != null) foreach (var (k, v) in scaler.State()) d[k] = v;
-            return d;
-        }
+            ["epoch"] = epoch.ToString(CultureInfo.InvariantCulture), ["batch"] = batch.ToString(CultureInfo.InvariantCulture),
+            ["seed"] = s.Seed.ToString(CultureInfo.InvariantCulture), ["schedule"] = schedule.Describe(), ["precision"] = x.Policy.Name,
+        };
+        string LastGood() => File.Exists(run.LastCheckpoint) ? run.LastCheckpoint : "none";
 
         var trainClock = Stopwatch.StartNew();
         long samples = 0;
@@ -166,28 +197,23 @@ public sealed class TrainRun(TrainSettings s, PluginCatalog catalog, ILogger log
                 int micro = 0, batchIndex = epoch == startEpoch ? startBatch : 0;
                 double lossSum = 0; long correct = 0, seen = 0;
                 trainer.LazyResetGrad();
-                foreach (var (x, y, n) in train.Epoch(epoch, batchIndex, ct))
+                foreach (var (xs, ys, n) in train.Epoch(epoch, batchIndex, ct))
                 {
-                    using var xv = OrtValue.CreateTensorValueFromMemory(x, [n, model.Channels, model.ImageSize, model.ImageSize]);
-                    using var yv = OrtValue.CreateTensorValueFromMemory(y, [n]);
-                    if (scaler != null) trainer.LossScale = scaler.Scale;
+                    using var xv = OrtValue.CreateTensorValueFromMemory(xs, [n, model.Channels, model.ImageSize, model.ImageSize]);
+                    using var yv = OrtValue.CreateTensorValueFromMemory(ys, [n]);
                     var r = trainer.TrainStep([xv], yv);
                     batchIndex++; micro++;
                     samples += n; seen += n; lossSum += r.Loss * n; correct += Math.Max(0, r.Top1Correct);
-                    if (!float.IsFinite(r.Loss) && scaler == null)
-                        throw new NumericalException($"the loss became {r.Loss} at step {trainer.Step + 1} (epoch {epoch + 1}); the last good checkpoint is {(File.Exists(run.LastCheckpoint) ? run.LastCheckpoint : "none")}. Lower the learning rate or use gradient clipping.");
+                    if (!float.IsFinite(r.Loss) && trainer.Scaler == null)
+                        throw new NumericalException($"the loss became {r.Loss} at step {trainer.Step + 1} (epoch {epoch + 1}); the last good checkpoint is {LastGood()}. Lower the learning rate or use gradient clipping.");
                     if (micro < s.GradientAccumulation) continue;
                     micro = 0;
                     trainer.SetLearningRate((float)schedule.At(trainer.Step));
-                    var o = trainer.OptimizerStep(scaler?.Scale ?? 1f);
+                    var o = trainer.OptimizerStep();   // with a loss scaler: a skipped step backs the scale off, a collapsing scale throws
                     trainer.LazyResetGrad();
-                    if (scaler != null)
-                    {
-                        scaler.Update(o.AllFinite);   // skipped step: scale backs off; a collapsing scale throws
-                        if (!o.AllFinite) { log.LogDebug("step skipped: non-finite gradients at loss scale {Scale}", scaler.Scale * 2); continue; }
-                    }
-                    else if (!o.AllFinite)
-                        throw new NumericalException($"a gradient became infinite or NaN at step {trainer.Step + 1} (epoch {epoch + 1}); the update was skipped and training stopped. The last good checkpoint is {(File.Exists(run.LastCheckpoint) ? run.LastCheckpoint : "none")}.");
+                    if (!o.AllFinite && trainer.Scaler != null) { log.LogDebug("step skipped: non-finite gradients at loss scale {Scale}", o.LossScale); continue; }
+                    if (!o.AllFinite)
+                        throw new NumericalException($"a gradient became infinite or NaN at step {trainer.Step + 1} (epoch {epoch + 1}); the update was skipped and training stopped. The last good checkpoint is {LastGood()}.");
                     lastLoss = r.Loss;
                     epochAt = epoch; batchAt = batchIndex;
                     progress.Report(trainer.Step, epoch + 1, s.Epochs, r.Loss, samples / trainClock.Elapsed.TotalSeconds);
@@ -222,16 +248,16 @@ public sealed class TrainRun(TrainSettings s, PluginCatalog catalog, ILogger log
         double trainSeconds = trainClock.Elapsed.TotalSeconds;
         var t = Evaluate(trainer, test, model, CancellationToken.None);
         trainer.ExportModelForInferencing(run.ExportedModel);
-        if (s.ExportFp16) OrtFinetune.Training.Compiler.Precision.HalfExport.ConvertFile(run.ExportedModel, Path.ChangeExtension(run.ExportedModel, ".fp16.onnx"));
+        if (s.ExportFp16) HalfExport.ConvertFile(run.ExportedModel, Path.ChangeExtension(run.ExportedModel, ".fp16.onnx"));
         var summary = new JsonObject
         {
-            ["model"] = s.Model, ["dataset"] = s.Dataset, ["precision"] = precision, ["device"] = device.ToString(),
-            ["epochs"] = s.Epochs, ["batch_size"] = s.BatchSize, ["steps"] = trainer.Step, ["parameters"] = paramCount,
+            ["model"] = s.Model, ["dataset"] = s.Dataset, ["precision"] = x.Policy.Name, ["device"] = x.Device.ToString(),
+            ["epochs"] = s.Epochs, ["batch_size"] = s.BatchSize, ["steps"] = trainer.Step, ["parameters"] = x.ParameterCount,
             ["train_seconds"] = Math.Round(trainSeconds, 2), ["samples_per_second"] = Math.Round(samples / trainSeconds, 1),
             ["peak_memory_mb"] = Process.GetCurrentProcess().PeakWorkingSet64 / (1 << 20),
             ["persistent_state_mb"] = trainer.PersistentBytes / (1 << 20),
             ["test_accuracy"] = Finite(Math.Round(t.Top1, 5)), ["test_top5"] = Finite(Math.Round(t.Top5, 5)), ["test_loss"] = Finite(Math.Round(t.Loss, 5)),
-            ["final_loss"] = Finite(lastLoss), ["skipped_steps"] = scaler?.SkippedSteps ?? 0, ["loss_scale"] = scaler?.Scale, ["loader_wait_seconds"] = Math.Round(train.WaitSeconds, 2),
+            ["final_loss"] = Finite(lastLoss), ["skipped_steps"] = trainer.Scaler?.SkippedSteps ?? 0, ["loss_scale"] = trainer.Scaler?.Scale, ["loader_wait_seconds"] = Math.Round(train.WaitSeconds, 2),
             ["checkpoint"] = run.LastCheckpoint, ["exported_model"] = run.ExportedModel,
         };
         run.WriteJson("summary.json", summary);

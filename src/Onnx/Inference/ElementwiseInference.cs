@@ -3,44 +3,44 @@ namespace OrtFinetune.Onnx;
 /// <summary>Unary, binary (numpy broadcasting), comparison, Where, Cast, Dropout.</summary>
 internal static class ElementwiseInference
 {
-    public static void Register()
+    public static void Register(ShapeInferenceRules r)
     {
-        ShapeInference.Reg(c => Unary(c, null), "Sqrt", "Exp", "Log", "Reciprocal", "Erf", "Relu", "LeakyRelu", "Sigmoid",
+        r.Reg(c => Unary(c, null), "Sqrt", "Exp", "Log", "Reciprocal", "Erf", "Relu", "LeakyRelu", "Sigmoid",
             "Tanh", "Gelu", "Softplus", "Elu", "Selu", "Celu", "HardSigmoid", "HardSwish", "Softsign", "Mish", "ThresholdedRelu",
             "Floor", "Ceil", "Round", "Sin", "Cos", "Tan", "Asin", "Acos", "Atan", "Sinh", "Cosh", "Asinh", "Acosh", "Atanh",
             "Clip", "Shrink", "BitwiseNot");
-        ShapeInference.Reg(c => Unary(c, d => d), "Identity");
-        ShapeInference.Reg(c => Unary(c, SymDim.Neg), "Neg");
-        ShapeInference.Reg(c => Unary(c, d => d.Value is long v ? new Dim(Math.Abs(v)) : SymDim.IsNonNegative(d) ? d : Dim.Unknown), "Abs");
-        ShapeInference.Reg(c => Unary(c, d => d.Value is long v ? new Dim(Math.Sign(v)) : Dim.Unknown), "Sign");
-        ShapeInference.Reg(c => Predicate(c), "IsNaN", "IsInf");
-        ShapeInference.Reg(c => { Unary(c, d => d.Value is long v ? new Dim(v == 0 ? 1 : 0) : Dim.Unknown); }, "Not");
-        ShapeInference.RegMs(c => Unary(c, null), "Gelu", "FastGelu", "BiasGelu", "QuickGelu");
+        r.Reg(c => Unary(c, d => d), "Identity");
+        r.Reg(c => Unary(c, SymDim.Neg), "Neg");
+        r.Reg(c => Unary(c, d => d.Value is long v ? new Dim(Math.Abs(v)) : SymDim.IsNonNegative(d) ? d : Dim.Unknown), "Abs");
+        r.Reg(c => Unary(c, d => d.Value is long v ? new Dim(Math.Sign(v)) : Dim.Unknown), "Sign");
+        r.Reg(c => Predicate(c), "IsNaN", "IsInf");
+        r.Reg(c => { Unary(c, d => d.Value is long v ? new Dim(v == 0 ? 1 : 0) : Dim.Unknown); }, "Not");
+        r.RegMs(c => Unary(c, null), "Gelu", "FastGelu", "BiasGelu", "QuickGelu");
 
-        ShapeInference.Reg(c => Binary(c, SymDim.Add), "Add");
-        ShapeInference.Reg(c => Binary(c, SymDim.Sub), "Sub");
-        ShapeInference.Reg(c => Binary(c, SymDim.Mul), "Mul");
-        ShapeInference.Reg(c => Binary(c, SymDim.Div), "Div");
-        ShapeInference.Reg(c => Binary(c, SymDim.Mod), "Mod");
-        ShapeInference.Reg(c => Binary(c, null), "Pow", "PRelu", "BitShift", "BitwiseAnd", "BitwiseOr", "BitwiseXor");
-        ShapeInference.Reg(c => Binary(c, SymDim.Max), "Max");
-        ShapeInference.Reg(c => Binary(c, SymDim.Min), "Min");
-        ShapeInference.Reg(c => Binary(c, SymDim.Add), "Sum");
-        ShapeInference.Reg(c => Binary(c, null), "Mean");
+        r.Reg(c => Binary(c, SymDim.Add), "Add");
+        r.Reg(c => Binary(c, SymDim.Sub), "Sub");
+        r.Reg(c => Binary(c, SymDim.Mul), "Mul");
+        r.Reg(c => Binary(c, SymDim.Div), "Div");
+        r.Reg(c => Binary(c, SymDim.Mod), "Mod");
+        r.Reg(c => Binary(c, null), "Pow", "PRelu", "BitShift", "BitwiseAnd", "BitwiseOr", "BitwiseXor");
+        r.Reg(c => Binary(c, SymDim.Max), "Max");
+        r.Reg(c => Binary(c, SymDim.Min), "Min");
+        r.Reg(c => Binary(c, SymDim.Add), "Sum");
+        r.Reg(c => Binary(c, null), "Mean");
 
-        ShapeInference.Reg(c => Compare(c, (a, b) => SymDim.Equal(a, b)), "Equal");
-        ShapeInference.Reg(c => Compare(c, (a, b) => a.Value is long x && b.Value is long y ? x < y : null), "Less");
-        ShapeInference.Reg(c => Compare(c, (a, b) => a.Value is long x && b.Value is long y ? x > y : null), "Greater");
-        ShapeInference.Reg(c => Compare(c, (a, b) => a.Value is long x && b.Value is long y ? x <= y : null), "LessOrEqual");
-        ShapeInference.Reg(c => Compare(c, (a, b) => a.Value is long x && b.Value is long y ? x >= y : null), "GreaterOrEqual");
-        ShapeInference.Reg(c => Compare(c, (a, b) => a.Value is long x && b.Value is long y ? (x != 0 && y != 0) : a.Value == 0 || b.Value == 0 ? false : null), "And");
-        ShapeInference.Reg(c => Compare(c, (a, b) => a.Value is long x && b.Value is long y ? (x != 0 || y != 0) : a.Value is > 0 || b.Value is > 0 ? true : null), "Or");
-        ShapeInference.Reg(c => Compare(c, (a, b) => a.Value is long x && b.Value is long y ? ((x != 0) ^ (y != 0)) : null), "Xor");
+        r.Reg(c => Compare(c, (a, b) => SymDim.Equal(a, b)), "Equal");
+        r.Reg(c => Compare(c, (a, b) => a.Value is long x && b.Value is long y ? x < y : null), "Less");
+        r.Reg(c => Compare(c, (a, b) => a.Value is long x && b.Value is long y ? x > y : null), "Greater");
+        r.Reg(c => Compare(c, (a, b) => a.Value is long x && b.Value is long y ? x <= y : null), "LessOrEqual");
+        r.Reg(c => Compare(c, (a, b) => a.Value is long x && b.Value is long y ? x >= y : null), "GreaterOrEqual");
+        r.Reg(c => Compare(c, (a, b) => a.Value is long x && b.Value is long y ? (x != 0 && y != 0) : a.Value == 0 || b.Value == 0 ? false : null), "And");
+        r.Reg(c => Compare(c, (a, b) => a.Value is long x && b.Value is long y ? (x != 0 || y != 0) : a.Value is > 0 || b.Value is > 0 ? true : null), "Or");
+        r.Reg(c => Compare(c, (a, b) => a.Value is long x && b.Value is long y ? ((x != 0) ^ (y != 0)) : null), "Xor");
 
-        ShapeInference.Reg(Where, "Where");
-        ShapeInference.Reg(Cast, "Cast");
-        ShapeInference.Reg(c => Cast(c, c.Elem(1)), "CastLike");
-        ShapeInference.Reg(Dropout, "Dropout");
+        r.Reg(Where, "Where");
+        r.Reg(Cast, "Cast");
+        r.Reg(c => Cast(c, c.Elem(1)), "CastLike");
+        r.Reg(Dropout, "Dropout");
     }
 
     /// <summary>Output 0 like input 0; values mapped elementwise when <paramref name="f"/> is given.</summary>

@@ -3,18 +3,18 @@ namespace OrtFinetune.Onnx;
 /// <summary>Constant, ConstantOfShape, Range, OneHot, NonZero, TopK, Einsum, *Like generators.</summary>
 internal static class MiscInference
 {
-    public static void Register()
+    public static void Register(ShapeInferenceRules r)
     {
-        ShapeInference.Reg(Constant, "Constant");
-        ShapeInference.Reg(ConstantOfShape, "ConstantOfShape");
-        ShapeInference.Reg(Range, "Range");
-        ShapeInference.Reg(OneHot, "OneHot");
-        ShapeInference.Reg(c => c.Set(0, DataType.Int64, c.Shape(0) is Dim[] s ? [new Dim(s.Length), Dim.Unknown] : [Dim.Unknown, Dim.Unknown]), "NonZero");
-        ShapeInference.Reg(TopK, "TopK");
-        ShapeInference.Reg(Einsum, "Einsum");
-        ShapeInference.Reg(c => c.Set(0, c.Node.Attributes.ContainsKey("dtype") ? (DataType)c.Int("dtype", 1) : c.Elem(0), c.Shape(0)),
+        r.Reg(Constant, "Constant");
+        r.Reg(ConstantOfShape, "ConstantOfShape");
+        r.Reg(Range, "Range");
+        r.Reg(OneHot, "OneHot");
+        r.Reg(c => c.Set(0, DataType.Int64, c.Shape(0) is Dim[] s ? [new Dim(s.Length), Dim.Unknown] : [Dim.Unknown, Dim.Unknown]), "NonZero");
+        r.Reg(TopK, "TopK");
+        r.Reg(Einsum, "Einsum");
+        r.Reg(c => c.Set(0, c.Node.Attributes.ContainsKey("dtype") ? (DataType)c.Int("dtype", 1) : c.Elem(0), c.Shape(0)),
             "EyeLike", "RandomNormalLike", "RandomUniformLike", "Bernoulli");
-        ShapeInference.Reg(c => c.Set(0, (DataType)c.Int("dtype", 1), c.IntsAttr("shape")?.Select(x => new Dim(x)).ToArray()), "RandomNormal", "RandomUniform");
+        r.Reg(c => c.Set(0, (DataType)c.Int("dtype", 1), c.IntsAttr("shape")?.Select(x => new Dim(x)).ToArray()), "RandomNormal", "RandomUniform");
     }
 
     static void Constant(InferContext c)

@@ -3,21 +3,21 @@ namespace OrtFinetune.Onnx;
 /// <summary>MatMul, Gemm, Conv, ConvTranspose, pools, normalizations, softmax family, losses.</summary>
 internal static class NnInference
 {
-    public static void Register()
+    public static void Register(ShapeInferenceRules r)
     {
-        ShapeInference.Reg(MatMul, "MatMul");
-        ShapeInference.Reg(Gemm, "Gemm");
-        ShapeInference.Reg(Conv, "Conv");
-        ShapeInference.Reg(ConvTranspose, "ConvTranspose");
-        ShapeInference.Reg(Pool, "MaxPool", "AveragePool", "LpPool");
-        ShapeInference.Reg(GlobalPool, "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool");
-        ShapeInference.Reg(c => c.SameAs(0, 0), "Softmax", "LogSoftmax", "Hardmax", "InstanceNormalization",
+        r.Reg(MatMul, "MatMul");
+        r.Reg(Gemm, "Gemm");
+        r.Reg(Conv, "Conv");
+        r.Reg(ConvTranspose, "ConvTranspose");
+        r.Reg(Pool, "MaxPool", "AveragePool", "LpPool");
+        r.Reg(GlobalPool, "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool");
+        r.Reg(c => c.SameAs(0, 0), "Softmax", "LogSoftmax", "Hardmax", "InstanceNormalization",
             "GroupNormalization", "LRN", "MeanVarianceNormalization", "CumSum", "Trilu");
-        ShapeInference.Reg(LayerNorm, "LayerNormalization");
-        ShapeInference.RegMs(LayerNorm, "SimplifiedLayerNormalization");
-        ShapeInference.Reg(BatchNorm, "BatchNormalization");
-        ShapeInference.Reg(c => Loss(c, true), "SoftmaxCrossEntropyLoss");
-        ShapeInference.Reg(c => Loss(c, false), "NegativeLogLikelihoodLoss");
+        r.Reg(LayerNorm, "LayerNormalization");
+        r.RegMs(LayerNorm, "SimplifiedLayerNormalization");
+        r.Reg(BatchNorm, "BatchNormalization");
+        r.Reg(c => Loss(c, true), "SoftmaxCrossEntropyLoss");
+        r.Reg(c => Loss(c, false), "NegativeLogLikelihoodLoss");
     }
 
     static string Fmt(Dim[]? s) => s == null ? "[?]" : $"[{string.Join(",", s)}]";

@@ -3,11 +3,11 @@ namespace OrtFinetune.Onnx;
 /// <summary>Reduce* (axes as attribute or input, keepdims, noop_with_empty_axes), ArgMax/ArgMin.</summary>
 internal static class ReductionInference
 {
-    public static void Register()
+    public static void Register(ShapeInferenceRules r)
     {
-        ShapeInference.Reg(Reduce, "ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin", "ReduceSumSquare", "ReduceProd",
+        r.Reg(Reduce, "ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin", "ReduceSumSquare", "ReduceProd",
             "ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp");
-        ShapeInference.Reg(ArgReduce, "ArgMax", "ArgMin");
+        r.Reg(ArgReduce, "ArgMax", "ArgMin");
     }
 
     /// <summary>Whether the op takes axes as its second input at this opset.</summary>

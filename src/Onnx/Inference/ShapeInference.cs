@@ -8,6 +8,8 @@ public sealed record InferenceOptions
     public bool UseExistingTypes { get; init; } = true;
     /// <summary>Largest int64/bool tensor (rank &lt;= 1) whose values are propagated.</summary>
     public int MaxValueElements { get; init; } = 64;
+    /// <summary>The inference functions to use; null: the built-in ones.</summary>
+    public ShapeInferenceRules? Rules { get; init; }
 }
 
 /// <summary>What inference found besides the types it wrote into the graph.</summary>
@@ -23,42 +25,58 @@ public sealed class InferenceResult
 public delegate void InferFn(InferContext c);
 
 /// <summary>
+/// The inference functions by (domain, op type). Pass an instance in <see cref="InferenceOptions.Rules"/>;
+/// <see cref="CreateDefault"/> gives the built-in functions to extend.
+/// </summary>
+public sealed class ShapeInferenceRules
+{
+    readonly Dictionary<(string Domain, string Op), InferFn> _table = new();
+
+    /// <summary>The built-in functions, built once, for callers that pass no rules; never changed.</summary>
+    internal static ShapeInferenceRules Default { get; } = CreateDefault();
+
+    /// <summary>A new table with every built-in inference function (add or replace functions in it freely).</summary>
+    public static ShapeInferenceRules CreateDefault()
+    {
+        var r = new ShapeInferenceRules();
+        ElementwiseInference.Register(r);
+        ReductionInference.Register(r);
+        ShapeOpsInference.Register(r);
+        NnInference.Register(r);
+        MiscInference.Register(r);
+        return r;
+    }
+
+    /// <summary>Registers (or replaces) the inference function of an op.</summary>
+    public void Register(string opType, InferFn fn, string domain = "") => _table[(Node.NormalizeDomain(domain), opType)] = fn;
+    internal void Reg(InferFn fn, params string[] ops) { foreach (var o in ops) Register(o, fn); }
+    internal void RegMs(InferFn fn, params string[] ops) { foreach (var o in ops) Register(o, fn, "com.microsoft"); }
+
+    public bool IsSupported(string opType, string domain = "") => _table.ContainsKey((Node.NormalizeDomain(domain), opType));
+
+    internal InferFn? Find(string domain, string opType) => _table.GetValueOrDefault((domain, opType));
+}
+
+/// <summary>
 /// Element type and shape inference with symbolic dims and value propagation for shape computations
 /// (Shape -> Gather -> Concat -> Reshape chains). Fills <c>Graph.ValueTypes</c> for every node output.
 /// </summary>
 public static class ShapeInference
 {
-    static readonly Dictionary<(string Domain, string Op), InferFn> Table = new();
-
-    static ShapeInference()
-    {
-        ElementwiseInference.Register();
-        ReductionInference.Register();
-        ShapeOpsInference.Register();
-        NnInference.Register();
-        MiscInference.Register();
-    }
-
-    /// <summary>Registers (or replaces) the inference function of an op.</summary>
-    public static void Register(string opType, InferFn fn, string domain = "") => Table[(Node.NormalizeDomain(domain), opType)] = fn;
-    internal static void Reg(InferFn fn, params string[] ops) { foreach (var o in ops) Register(o, fn); }
-    internal static void RegMs(InferFn fn, params string[] ops) { foreach (var o in ops) Register(o, fn, "com.microsoft"); }
-
-    public static bool IsSupported(string opType, string domain = "") => Table.ContainsKey((Node.NormalizeDomain(domain), opType));
-
     public static void Infer(Model model, InferenceOptions? o = null) => Run(model, o);
 
     /// <summary>Infers types (into <c>model.Graph.ValueTypes</c>) and returns the propagated values.</summary>
     public static InferenceResult Run(Model model, InferenceOptions? o = null)
     {
         o ??= new InferenceOptions();
+        var rules = o.Rules ?? ShapeInferenceRules.Default;
         var g = model.Graph;
         g.SortTopologically();
         var st = new InferState(model, o);
         foreach (var n in g.Nodes)
         {
             var c = new InferContext(st, n);
-            if (Table.TryGetValue((n.Domain, n.OpType), out var fn))
+            if (rules.Find(n.Domain, n.OpType) is { } fn)
             {
                 try { fn(c); }
                 catch (OnnxFormatException) { throw; }

@@ -3,24 +3,24 @@ namespace OrtFinetune.Onnx;
 /// <summary>Shape, Size, Reshape, Flatten, Transpose, (Un)Squeeze, Expand, Concat, Split, Slice, Gather*, Scatter*, Tile, Pad.</summary>
 internal static class ShapeOpsInference
 {
-    public static void Register()
+    public static void Register(ShapeInferenceRules r)
     {
-        ShapeInference.Reg(Shape, "Shape");
-        ShapeInference.Reg(Size, "Size");
-        ShapeInference.Reg(Reshape, "Reshape");
-        ShapeInference.Reg(Flatten, "Flatten");
-        ShapeInference.Reg(Transpose, "Transpose");
-        ShapeInference.Reg(Squeeze, "Squeeze");
-        ShapeInference.Reg(Unsqueeze, "Unsqueeze");
-        ShapeInference.Reg(Expand, "Expand");
-        ShapeInference.Reg(Concat, "Concat");
-        ShapeInference.Reg(Split, "Split");
-        ShapeInference.Reg(Slice, "Slice");
-        ShapeInference.Reg(Gather, "Gather");
-        ShapeInference.Reg(c => c.Set(0, c.Elem(0), c.Shape(1)), "GatherElements");
-        ShapeInference.Reg(c => c.Set(0, c.Elem(0), c.Shape(0)), "ScatterElements", "ScatterND", "Scatter");
-        ShapeInference.Reg(Tile, "Tile");
-        ShapeInference.Reg(Pad, "Pad");
+        r.Reg(Shape, "Shape");
+        r.Reg(Size, "Size");
+        r.Reg(Reshape, "Reshape");
+        r.Reg(Flatten, "Flatten");
+        r.Reg(Transpose, "Transpose");
+        r.Reg(Squeeze, "Squeeze");
+        r.Reg(Unsqueeze, "Unsqueeze");
+        r.Reg(Expand, "Expand");
+        r.Reg(Concat, "Concat");
+        r.Reg(Split, "Split");
+        r.Reg(Slice, "Slice");
+        r.Reg(Gather, "Gather");
+        r.Reg(c => c.Set(0, c.Elem(0), c.Shape(1)), "GatherElements");
+        r.Reg(c => c.Set(0, c.Elem(0), c.Shape(0)), "ScatterElements", "ScatterND", "Scatter");
+        r.Reg(Tile, "Tile");
+        r.Reg(Pad, "Pad");
     }
 
     static string Fmt(Dim[]? s) => s == null ? "[?]" : $"[{string.Join(",", s)}]";

@@ -3,7 +3,7 @@ using OrtFinetune.Abstractions;
 
 namespace OrtFinetune.Plugins.Models;
 
-/// <summary>Registers the ViT builder and the ONNX import provider.</summary>
+/// <summary>Registers the ViT builder, the ONNX import provider and the safetensors weight export.</summary>
 public sealed class ModelsPlugin : IPlugin
 {
     public string Name => "OrtFinetune.Plugins.Models";
@@ -12,5 +12,6 @@ public sealed class ModelsPlugin : IPlugin
     {
         services.AddSingleton<IModelProvider, VitModelProvider>();
         services.AddSingleton<IModelProvider, OnnxModelProvider>();
+        services.AddSingleton<IWeightExporter, Weights.WeightExport>();
     }
 }

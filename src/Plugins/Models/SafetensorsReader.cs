@@ -180,7 +180,7 @@ public static class SafetensorsReader
             }
             foreach (var e in tensors.Values)
                 if (e.End > dataLength)
-                    throw Bad(path, $"tensor '{e.Name}' data_offsets [{e.Begin}, {e.End}] run past the {dataLength}-byte data section");
+                    throw Bad(path, $"tensor '{e.Name}' data_offsets [{e.Begin}, {e.End}] run past the {dataLength}-byte data section (is the file truncated?)");
             if (expected != dataLength)
                 throw Bad(path, $"the tensors cover {expected} bytes but the data section has {dataLength}");
             return new SafetensorsFile(path, tensors, metadata, dataStart);

@@ -18,6 +18,7 @@ public static class VitBuilder
 {
     public const long Opset = 17;
     public const string InputName = "input", OutputName = "logits", BatchSymbol = "N";
+    public const string MetaHeads = "ortfinetune.vit.heads", MetaEpsilon = "ortfinetune.vit.layer_norm_eps", MetaImageSize = "ortfinetune.vit.image_size";
 
     delegate void Fill(Span<float> values);
 
@@ -27,6 +28,10 @@ public static class VitBuilder
         var model = new Model { ProducerName = "OrtFinetune.VitBuilder" };
         model.Opsets[""] = Opset;
         model.Metadata["ortfinetune.architecture"] = c.ToString();
+        // Read back by the safetensors export (config.json of the Hugging Face naming).
+        model.Metadata[MetaHeads] = c.Heads.ToString(System.Globalization.CultureInfo.InvariantCulture);
+        model.Metadata[MetaEpsilon] = c.LayerNormEpsilon.ToString("R", System.Globalization.CultureInfo.InvariantCulture);
+        model.Metadata[MetaImageSize] = c.ImageSize.ToString(System.Globalization.CultureInfo.InvariantCulture);
         var g = model.Graph;
         g.Name = "vision_transformer";
         var init = new WeightInit(seed);

@@ -2,6 +2,8 @@ using System.Globalization;
 using Microsoft.ML.OnnxRuntime;
 using OrtFinetune.Onnx;
 using OrtFinetune.Training.Compiler;
+using OrtFinetune.Training.Compiler.Artifacts;
+using OrtFinetune.Abstractions;
 using OrtFinetune.Training.Compiler.Optimizers;
 
 namespace OrtFinetune.Training.Runtime;
@@ -17,10 +19,21 @@ public sealed record TrainerOptions
     /// it saves in allocation time.
     /// </summary>
     public bool CpuMemArena { get; init; }
+    /// <summary>
+    /// Dynamic loss scaling (GradScaler semantics) for a training model with a loss_scale input; null there
+    /// means GradScaler's defaults. The trainer owns the scaler: TrainStep seeds backward with its scale,
+    /// OptimizerStep divides by it, skips a non-finite update and updates it, checkpoints carry its state.
+    /// </summary>
+    public LossScalerSettings? LossScaling { get; init; }
 }
 
 public readonly record struct TrainStepResult(float Loss, long Top1Correct);
-public readonly record struct OptimizerStepResult(bool AllFinite, float GradNorm);
+/// <param name="AllFinite">False when a gradient was inf/NaN: nothing was updated (with a loss scaler the scale backed off).</param>
+/// <param name="LossScale">The scale the gradients were divided by (1 without loss scaling).</param>
+public readonly record struct OptimizerStepResult(bool AllFinite, float GradNorm, float LossScale);
+
+/// <summary>The per-step scalars the device read in the last runs (only with <see cref="StepInputProbe"/> outputs).</summary>
+public readonly record struct StepProbe(bool? LazyResetGrad, float? LossScale, float? LearningRate, long? Step, float? GradScale);
 public readonly record struct EvalStepResult(float Loss, long Top1Correct, long Top5Correct);
 
 /// <summary>
@@ -46,7 +59,11 @@ public sealed class Trainer : IDisposable
     readonly List<(string Name, DataType Type, long[] Shape, OrtValue Value)> _buffers = new();
     readonly List<(string Name, DataType Type, long[] Shape, OrtValue Value)> _states = new();
     readonly List<FlatBucket> _buckets = new();
-    readonly OrtValue _lazyReset, _lr, _step, _gradScale, _lossScale;
+    readonly StepScalar<bool> _lazyReset;
+    readonly StepScalar<float> _lr, _gradScale;
+    readonly StepScalar<long> _step;
+    readonly StepScalar<float>? _lossScale;
+    readonly Dictionary<string, OrtValue> _probes = new();
     readonly OrtValue _loss, _top1, _top5, _evalLoss, _allFinite, _gradNorm;
     readonly bool _metrics;
     readonly List<string> _trainDeviceOutputs = new(), _evalDeviceOutputs = new();
@@ -58,19 +75,8 @@ public sealed class Trainer : IDisposable
     public string OptimizerType { get; }
     public DeviceSpec Device => _o.Device;
     public IReadOnlyList<string> ParameterNames => _params.Select(p => p.Name).ToList();
-    /// <summary>Whether the training model seeds backward with a loss_scale input (dynamic loss scaling).</summary>
-    public bool HasLossScale { get; }
-
-    /// <summary>The loss scale the next TrainStep seeds backward with (only with <see cref="HasLossScale"/>).</summary>
-    public float LossScale
-    {
-        get => _lossScale.GetTensorDataAsSpan<float>()[0];
-        set
-        {
-            if (!HasLossScale) throw new TrainingException("the training model has no loss_scale input; compile it with a loss-scaling precision (e.g. 16-mixed)");
-            _lossScale.GetTensorMutableDataAsSpan<float>()[0] = value;
-        }
-    }
+    /// <summary>The dynamic loss scaler, when the training model seeds backward with a loss_scale input (e.g. 16-mixed).</summary>
+    public LossScaler? Scaler { get; }
 
     public Trainer(Model training, Model eval, Model optimizer, IReadOnlyList<Tensor> parameters, IReadOnlyList<Tensor> buffers, TrainerOptions? options = null)
     {
@@ -145,12 +151,10 @@ public sealed class Trainer : IDisposable
         }
         foreach (var bt in buffers) _buffers.Add((bt.Name, bt.Type, bt.Dims, _dev.Upload(bt.Type, bt.Dims, bt.RawData.Span)));
 
-        _lazyReset = OrtValue.CreateTensorValueFromMemory(new[] { true }, []);
-        _lr = OrtValue.CreateTensorValueFromMemory(new[] { LearningRate }, []);
-        _step = OrtValue.CreateTensorValueFromMemory(new[] { 1L }, []);
-        _gradScale = OrtValue.CreateTensorValueFromMemory(new[] { 1f }, []);
-        _lossScale = OrtValue.CreateTensorValueFromMemory(new[] { 1f }, []);
-        HasLossScale = tg.Inputs.Any(i => i.Name == TrainingArtifacts.LossScaleInput);
+        bool hasLossScale = tg.Inputs.Any(i => i.Name == TrainingArtifacts.LossScaleInput);
+        if (_o.LossScaling != null && !hasLossScale)
+            throw new TrainingException("loss scaling was asked for, but the training model has no loss_scale input; compile it with a loss-scaling precision (e.g. 16-mixed)");
+        if (hasLossScale) Scaler = new LossScaler(_o.LossScaling);
         var lossType = tg.TypeOf(TrainingArtifacts.LossOutput)!.ElemType;
         _loss = HostScalar(lossType);
         _evalLoss = HostScalar(lossType);
@@ -172,10 +176,11 @@ public sealed class Trainer : IDisposable
             _trainBinding.BindInput(bf.Name, bf.Value);
             _trainBinding.BindOutput(TrainingArtifacts.UpdatedName(bf.Name), bf.Value);
         }
-        _trainBinding.BindInput(TrainingArtifacts.LazyResetGrad, _lazyReset);
-        if (HasLossScale) _trainBinding.BindInput(TrainingArtifacts.LossScaleInput, _lossScale);
+        _lazyReset = new StepScalar<bool>(true, (_trainBinding, TrainingArtifacts.LazyResetGrad));
+        if (Scaler != null) _lossScale = new StepScalar<float>(Scaler.Scale, (_trainBinding, TrainingArtifacts.LossScaleInput));
+        BindProbes(_trainBinding, tg);
         _trainBinding.BindOutput(TrainingArtifacts.LossOutput, _loss);
-        _trainDeviceOutputs.AddRange(tg.Outputs.Where(o => !IsBound(o.Name, training: true)).Select(o => o.Name));
+        _trainDeviceOutputs.AddRange(tg.Outputs.Where(o => !IsBound(o.Name)).Select(o => o.Name));
         if (_metrics) _trainBinding.BindOutput(TrainingArtifacts.Top1, _top1);
         if (_metrics && tg.Outputs.Any(o => o.Name == TrainingArtifacts.Top5)) _trainBinding.BindOutput(TrainingArtifacts.Top5, _top5);
 
@@ -193,9 +198,10 @@ public sealed class Trainer : IDisposable
 
         // Optimizer: every updated output bound to the buffer it replaces.
         _optimBinding = _optim.CreateIoBinding();
-        _optimBinding.BindInput(OptimizerBuilder.LearningRate, _lr);
-        _optimBinding.BindInput(OptimizerBuilder.Step, _step);
-        _optimBinding.BindInput(OptimizerBuilder.GradScale, _gradScale);
+        _lr = new StepScalar<float>(LearningRate, (_optimBinding, OptimizerBuilder.LearningRate));
+        _step = new StepScalar<long>(1, (_optimBinding, OptimizerBuilder.Step));
+        _gradScale = new StepScalar<float>(1, (_optimBinding, OptimizerBuilder.GradScale));
+        BindProbes(_optimBinding, optimizer.Graph);
         if (_buckets.Count > 0)
             foreach (var fb in _buckets)
             {
@@ -231,10 +237,40 @@ public sealed class Trainer : IDisposable
         public long Bytes => All.Sum(x => (long)x.Memory.Size);
     }
 
-    bool IsBound(string output, bool training) =>
-        output == TrainingArtifacts.LossOutput || output == TrainingArtifacts.Top1 || output == TrainingArtifacts.Top5
+    bool IsBound(string output) =>
+        _probes.ContainsKey(output) || output == TrainingArtifacts.LossOutput || output == TrainingArtifacts.Top1 || output == TrainingArtifacts.Top5
         || _params.Any(p => TrainingArtifacts.GradName(p.Name) == output)
         || _buffers.Any(b => TrainingArtifacts.UpdatedName(b.Name) == output);
+
+    /// <summary>Binds the <see cref="StepInputProbe"/> echo outputs a graph has to host scalars.</summary>
+    void BindProbes(OrtIoBinding binding, Graph g)
+    {
+        foreach (var input in StepInputProbe.Inputs)
+        {
+            var name = StepInputProbe.OutputOf(input);
+            var o = g.Outputs.FirstOrDefault(x => x.Name == name);
+            if (o == null) continue;
+            _probes[name] = o.Type.ElemType switch
+            {
+                DataType.Bool => OrtValue.CreateTensorValueFromMemory(new bool[1], []),
+                DataType.Int64 => OrtValue.CreateTensorValueFromMemory(new long[1], []),
+                _ => HostScalar(o.Type.ElemType),
+            };
+            binding.BindOutput(name, _probes[name]);
+        }
+    }
+
+    /// <summary>What the device read for each per-step scalar in the last training and optimizer runs (null where the graphs have no probe).</summary>
+    public StepProbe LastProbe
+    {
+        get
+        {
+            OrtValue? P(string input) => _probes.GetValueOrDefault(StepInputProbe.OutputOf(input));
+            return new StepProbe(P(TrainingArtifacts.LazyResetGrad)?.GetTensorDataAsSpan<bool>()[0], P(TrainingArtifacts.LossScaleInput) is { } ls ? ReadScalar(ls) : null,
+                P(OptimizerBuilder.LearningRate) is { } lr ? ReadScalar(lr) : null, P(OptimizerBuilder.Step)?.GetTensorDataAsSpan<long>()[0],
+                P(OptimizerBuilder.GradScale) is { } gs ? ReadScalar(gs) : null);
+        }
+    }
 
     static OrtValue HostScalar(DataType t) => t switch
     {
@@ -279,7 +315,7 @@ public sealed class Trainer : IDisposable
     {
         if (!(lr >= 0) || float.IsInfinity(lr)) throw new TrainingException($"learning rate {lr} is not valid");
         LearningRate = lr;
-        _lr.GetTensorMutableDataAsSpan<float>()[0] = lr;
+        _lr.Value = lr;
     }
 
     /// <summary>The next TrainStep overwrites the gradients instead of adding to them.</summary>
@@ -291,7 +327,7 @@ public sealed class Trainer : IDisposable
         if (inputs.Count != _forwardInputs.Length) throw new TrainingException($"the model takes {_forwardInputs.Length} inputs, {inputs.Count} given");
         for (int i = 0; i < inputs.Count; i++) _trainBinding.BindInput(_forwardInputs[i], inputs[i]);
         _trainBinding.BindInput(_labels, labels);
-        _lazyReset.GetTensorMutableDataAsSpan<bool>()[0] = _resetPending;
+        if (_lazyReset.Value != _resetPending) _lazyReset.Value = _resetPending;
         // Outputs ORT allocates (logits): bound afresh each run, as their shape follows the batch size.
         foreach (var o in _trainDeviceOutputs) _trainBinding.BindOutputToDevice(o, _dev.MemoryInfo);
         _train.RunWithBinding(_run, _trainBinding);
@@ -301,18 +337,25 @@ public sealed class Trainer : IDisposable
     }
 
     /// <summary>
-    /// Applies the optimizer to the accumulated gradients (divided by <paramref name="gradScale"/>).
-    /// When a gradient is not finite nothing changes and the step counter stays.
+    /// Applies the optimizer to the accumulated gradients, divided by the loss scale when there is a scaler.
+    /// When a gradient is not finite nothing changes and the step counter stays; the scaler then backs off
+    /// (and throws a <see cref="TrainingException"/> when the scale collapses), or grows after enough finite steps.
     /// </summary>
-    public OptimizerStepResult OptimizerStep(float gradScale = 1f)
+    public OptimizerStepResult OptimizerStep()
     {
-        _step.GetTensorMutableDataAsSpan<long>()[0] = Step + 1;
-        _gradScale.GetTensorMutableDataAsSpan<float>()[0] = gradScale;
+        float scale = Scaler?.Scale ?? 1f;
+        _step.Value = Step + 1;
+        if (_gradScale.Value != scale) _gradScale.Value = scale;
         _optim.RunWithBinding(_run, _optimBinding);
         _optimBinding.SynchronizeBoundOutputs();
         bool finite = _allFinite.GetTensorDataAsSpan<bool>()[0];
         if (finite) Step++;
-        return new OptimizerStepResult(finite, _gradNorm.GetTensorDataAsSpan<float>()[0]);
+        if (Scaler != null)
+        {
+            Scaler.Update(finite);
+            if (_lossScale!.Value != Scaler.Scale) _lossScale.Value = Scaler.Scale;
+        }
+        return new OptimizerStepResult(finite, _gradNorm.GetTensorDataAsSpan<float>()[0], scale);
     }
 
     public EvalStepResult EvalStep(IReadOnlyList<OrtValue> inputs, OrtValue labels)
@@ -374,6 +417,7 @@ public sealed class Trainer : IDisposable
         ck.Meta["optimizer"] = OptimizerType;
         ck.Meta["step"] = Step.ToString(CultureInfo.InvariantCulture);
         ck.Meta["learning_rate"] = LearningRate.ToString("R", CultureInfo.InvariantCulture);
+        if (Scaler != null) foreach (var (k, v) in Scaler.State()) ck.Meta[k] = v;
         if (extra != null) foreach (var (k, v) in extra) ck.Meta["user." + k] = v;
         ck.Save(path);
     }
@@ -399,6 +443,9 @@ public sealed class Trainer : IDisposable
             _dev.UploadInto(t, shape, src.RawData.Span, dst);
         }
         // Validate everything before changing anything.
+        var scaler = Scaler == null ? null : new LossScaler(Scaler.Settings);
+        try { scaler?.Load(ck.Meta); }
+        catch (CheckpointException e) { throw new CheckpointException($"{path}: {e.Message}", e); }
         foreach (var p in _params) ck.Get("param/" + p.Name, path);
         foreach (var b in _buffers) ck.Get("buffer/" + b.Name, path);
         foreach (var s in _states) ck.Get("optim/" + s.Name, path);
@@ -407,6 +454,7 @@ public sealed class Trainer : IDisposable
         foreach (var s in _states) Restore("optim/" + s.Name, s.Type, s.Shape, s.Value);
         Step = long.Parse(ck.Meta["step"], CultureInfo.InvariantCulture);
         SetLearningRate(float.Parse(ck.Meta["learning_rate"], CultureInfo.InvariantCulture));
+        if (scaler != null) { Scaler!.Load(scaler.State()); _lossScale!.Value = Scaler.Scale; }
         _resetPending = true;
         return ck.Meta.Where(kv => kv.Key.StartsWith("user.")).ToDictionary(kv => kv.Key[5..], kv => kv.Value);
     }
@@ -440,7 +488,8 @@ public sealed class Trainer : IDisposable
         _trainBinding.Dispose(); _evalBinding.Dispose(); _optimBinding.Dispose();
         foreach (var v in _params.Select(p => p.Value).Concat(_grads).Concat(_buffers.Select(b => b.Value)).Concat(_states.Select(s => s.Value))) v.Dispose();
         foreach (var (memory, flat) in _buckets.SelectMany(b => b.All)) { flat.Dispose(); memory.Dispose(); }
-        foreach (var v in new[] { _lazyReset, _lr, _step, _gradScale, _lossScale, _loss, _top1, _top5, _evalLoss, _allFinite, _gradNorm }) v.Dispose();
+        _lazyReset.Dispose(); _lr.Dispose(); _step.Dispose(); _gradScale.Dispose(); _lossScale?.Dispose();
+        foreach (var v in _probes.Values.Concat([_loss, _top1, _top5, _evalLoss, _allFinite, _gradNorm])) v.Dispose();
         _dev.Dispose();
         _train.Dispose(); _eval.Dispose(); _optim.Dispose();
         _run.Dispose();

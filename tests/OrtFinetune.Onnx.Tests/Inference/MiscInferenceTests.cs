@@ -89,4 +89,29 @@ public class MiscInferenceTests
         ShapeInference.Infer(m);
         Assert.Equal("float[3,N]", g.ValueTypes["z"].ToString());
     }
+
+    [Fact]
+    public void RulesArePassedInNotRegisteredGlobally()
+    {
+        Model Make()
+        {
+            var m = new Model();
+            m.Graph.Inputs.Add(new ValueInfo("x", T("float[2,3]")));
+            m.Graph.Nodes.Add(new Node("Twice", ["x"], ["y"], "twice", "my.domain"));
+            return m;
+        }
+        var rules = ShapeInferenceRules.CreateDefault();
+        Assert.False(rules.IsSupported("Twice", "my.domain"));
+        rules.Register("Twice", c => c.Set(0, c.Elem(0), [.. c.Shape(0)!.Select(d => new Dim(d.Value!.Value * 2))]), "my.domain");
+        Assert.True(rules.IsSupported("Twice", "my.domain"));
+        Assert.True(rules.IsSupported("Relu"));
+
+        var with = Make();
+        Assert.Empty(ShapeInference.Run(with, new InferenceOptions { Rules = rules }).UnknownOps);
+        Assert.Equal("float[4,6]", with.Graph.ValueTypes["y"].ToString());
+        // the built-in table (no rules passed) and a fresh default table are unchanged
+        var without = Make();
+        Assert.Single(ShapeInference.Run(without).UnknownOps);
+        Assert.False(ShapeInferenceRules.CreateDefault().IsSupported("Twice", "my.domain"));
+    }
 }

@@ -114,4 +114,28 @@ public class ElementwiseGradientTests(ITestOutputHelper log)
                 Inputs = [new("a", GradCheck.Randn(51, 2, 3)), new("b", GradCheck.Randn(52, 3)), new("c", GradCheck.Randn(53, 2, 1))],
             });
     }
+
+    [Fact]
+    public void Mod()
+    {
+        // fmod on floats: a - b·trunc(a/b). da = g wherever a/b is not an integer; b gets no gradient.
+        // a = ±(k + u)·b with u in [0.1, 0.9], so no probe crosses a jump.
+        var b = HostTensor.F64([0.7, 1.5, 2.0, 3.25], 4);
+        var rng = new Random(71);
+        var a = HostTensor.F64(Enumerable.Range(0, 24).Select(i => (rng.Next(2) == 0 ? -1 : 1) * (rng.Next(3) + 0.1 + 0.8 * rng.NextDouble()) * b.Values[i % 4]).ToArray(), 2, 3, 4);
+        var attrs = new[] { OrtFinetune.Onnx.NodeAttribute.Of("fmod", 1L) };
+        log.WriteLine(GradCheck.Run(new GradCase { OpType = "Mod", Seed = 71, Attributes = attrs, Inputs = [new("a", a), new("b", b, false)] }).ToString());
+        // a broadcast against a larger b (|a| < b: no jumps): its gradient is summed over the broadcast axes
+        var small = GradCheck.Uniform(72, -1, 1, 3, 1);
+        var big = GradCheck.Uniform(73, 2, 3, 2, 3, 4);
+        log.WriteLine(GradCheck.Run(new GradCase { OpType = "Mod", Seed = 72, Attributes = attrs, Inputs = [new("a", small), new("b", big, false)] }).ToString());
+    }
+
+    [Fact]
+    public void OpsetsBefore13AreRefused()
+    {
+        var e = Assert.Throws<OrtFinetune.Training.Compiler.CompileException>(() =>
+            GradCheck.Run(new GradCase { OpType = "Neg", Opset = 12, Inputs = [new("x", GradCheck.Randn(81, 3))] }));
+        Assert.Contains("opset 12", e.Message);
+    }
 }

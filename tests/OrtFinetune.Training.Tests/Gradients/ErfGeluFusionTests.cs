@@ -192,7 +192,7 @@ public class ErfGeluFusionTests(ITestOutputHelper log)
 
         // Same gradients as the node-by-node backward (TrainingCompiler with a registry lacking the composite rule).
         var registry = new OrtFinetune.Training.Compiler.Autodiff.GradientRegistry();
-        foreach (var rule in OrtFinetune.Training.Compiler.Autodiff.GradientRegistry.Default.Rules.Where(r => r.Domain != ErfGeluFusion.Domain))
+        foreach (var rule in OrtFinetune.Training.Compiler.Autodiff.GradientRegistry.CreateDefault().Rules.Where(r => r.Domain != ErfGeluFusion.Domain))
             if (rule.Build != null) registry.Add(rule.OpType, rule.Build, rule.Inputs, rule.Outputs, rule.Domain); else registry.NotDifferentiable(rule.OpType);
         var plain = TrainingCompiler.Compile(Mlp(), registry: registry).TrainingModel;
         Assert.Contains(plain.Graph.Nodes, n => n.Inputs.Contains("p") && n.Name != "mul");   // the node rules do read it

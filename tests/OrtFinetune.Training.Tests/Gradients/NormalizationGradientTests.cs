@@ -37,24 +37,6 @@ public class NormalizationGradientTests(ITestOutputHelper log)
     [Theory, MemberData(nameof(SoftmaxCases))]
     public void LogSoftmax13(long[] shape, long? axis) => Softmax("LogSoftmax", shape, axis, 13, 102);
 
-    /// <summary>Opset 12: the input is coerced to 2-D at axis (default 1); the softmax spans every axis from it on.</summary>
-    public static TheoryData<long[], long?> Softmax12Cases => new()
-    {
-        { [3, 4], null },
-        { [3, 4], 0 },
-        { [2, 3, 4], null },
-        { [2, 3, 4], 0 },
-        { [2, 3, 4], 2 },
-        { [2, 3, 4], -1 },
-        { [2, 3, 2, 2], -2 },
-    };
-
-    [Theory, MemberData(nameof(Softmax12Cases))]
-    public void Softmax12(long[] shape, long? axis) => Softmax("Softmax", shape, axis, 12, 103);
-
-    [Theory, MemberData(nameof(Softmax12Cases))]
-    public void LogSoftmax12(long[] shape, long? axis) => Softmax("LogSoftmax", shape, axis, 12, 104);
-
     public static TheoryData<long[], long?, bool, int> LayerNormCases => new()
     {
         { [3, 4], null, true, 1 },
@@ -158,17 +140,17 @@ public class NormalizationGradientTests(ITestOutputHelper log)
         log.WriteLine(r.ToString());
     }
 
-    /// <summary>Opset 9-13 form: no training_mode attribute; the optional statistics outputs select training mode.</summary>
+    /// <summary>Opset 13 form: no training_mode attribute; the optional statistics outputs select training mode.</summary>
     [Theory]
     [InlineData(1)]
     [InlineData(5)]
-    public void BatchNormalizationOpset12(int outputs)
+    public void BatchNormalizationOpset13(int outputs)
     {
         var r = GradCheck.Run(new GradCase
         {
-            OpType = "BatchNormalization", Seed = 161, Opset = 12, Outputs = outputs,
+            OpType = "BatchNormalization", Seed = 161, Opset = 13, Outputs = outputs,
             Inputs = BatchNormInputs(161, [3, 2, 2, 3]),
         });
-        log.WriteLine($"BatchNormalization opset 12, {outputs} outputs: {r}");
+        log.WriteLine($"BatchNormalization opset 13, {outputs} outputs: {r}");
     }
 }

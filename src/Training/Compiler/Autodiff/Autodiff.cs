@@ -13,11 +13,13 @@ public static class Autodiff
     /// Appends the backward graph of <paramref name="loss"/> (a scalar) with respect to
     /// <paramref name="wrt"/> and returns the gradient value names, in the order of <paramref name="wrt"/>.
     /// Gradients are named <c>&lt;value&gt;_grad</c> where possible. Values in <paramref name="wrt"/> that the
-    /// loss does not depend on get zeros.
+    /// loss does not depend on get zeros. The graph must use ai.onnx opset <see cref="TrainingCompiler.MinOpset"/> or newer.
     /// </summary>
     public static IReadOnlyList<string> Differentiate(Graph g, long opset, string loss, IReadOnlyList<string> wrt,
         GradientRegistry? registry = null, string? seed = null)
     {
+        if (opset < TrainingCompiler.MinOpset)
+            throw new CompileException($"ai.onnx opset {opset}: differentiation needs opset {TrainingCompiler.MinOpset} or newer");
         registry ??= GradientRegistry.Default;
         g.SortTopologically();
         var forwardNodes = g.Nodes.ToList();

@@ -4,9 +4,10 @@ namespace OrtFinetune.Training.Compiler.Autodiff;
 
 /// <summary>
 /// What a gradient rule sees: the forward node, its inputs I(i) and outputs O(i), the incoming
-/// output gradients GO(i), which input gradients are wanted (Need(i)), and a builder to emit the
-/// backward nodes. A rule calls SetGI(i, value) for each needed input. Rules are dtype-generic:
-/// constants are made with <see cref="ScalarLike"/> in the dtype of the value they combine with.
+/// output gradients GO(i) (G for output 0), which input gradients are wanted (Need(i)), and a
+/// builder to emit the backward nodes. Values are <see cref="V"/>s, so a rule is its formula:
+/// <c>c.SetGI(0, c.G * y * (1 - y))</c>. A rule calls SetGI(i, value) for each needed input; the
+/// <see cref="Func{V}"/> overloads build the value only when that input's gradient is wanted.
 /// </summary>
 public sealed class GradientContext
 {
@@ -25,16 +26,19 @@ public sealed class GradientContext
         _inGrads = new string?[node.Inputs.Count];
     }
 
-    public string I(int i) => Node.Input(i);
-    public string O(int i) => Node.Output(i);
+    /// <summary>A value of the graph as a <see cref="V"/> (element type as recorded, else Undefined).</summary>
+    public V Val(string name) => new(B, name, Graph.TypeOf(name)?.ElemType ?? DataType.Undefined);
+
+    public V I(int i) => Val(Node.Input(i));
+    public V O(int i) => Val(Node.Output(i));
     public int InputCount => Node.Inputs.Count;
     public int OutputCount => Node.Outputs.Count;
 
-    /// <summary>Gradient flowing into output i, or null when no gradient reaches it.</summary>
-    public string? GO(int i) => i < _outGrads.Length ? _outGrads[i] : null;
+    /// <summary>Gradient flowing into output i (typed like that output), or null when no gradient reaches it.</summary>
+    public V? GO(int i) => i < _outGrads.Length && _outGrads[i] is { } g ? new(B, g, O(i).Type) : null;
 
-    /// <summary>Gradient of output i, or zeros shaped like it when none reaches it.</summary>
-    public string GOOrZeros(int i) => GO(i) ?? B.ZerosLike(O(i), ElemType(O(i)));
+    /// <summary>The gradient of output 0 (rules of single-output ops).</summary>
+    public V G => GO(0) ?? throw new CompileException($"{Node.Describe()}: no gradient reaches output 0");
 
     /// <summary>Whether the gradient of input i is wanted.</summary>
     public bool Need(int i) => i < _need.Length && _need[i];
@@ -43,6 +47,18 @@ public sealed class GradientContext
     {
         if (!Need(i)) return;
         _inGrads[i] = grad;
+    }
+
+    /// <summary>Sets input i's gradient, built only when it is wanted.</summary>
+    public void SetGI(int i, Func<V> grad)
+    {
+        if (Need(i)) _inGrads[i] = grad();
+    }
+
+    /// <summary>Gradient of a broadcast input i: <paramref name="grad"/> (shaped like output 0) summed down to input i's shape.</summary>
+    public void SetBroadcastGI(int i, Func<V> grad)
+    {
+        if (Need(i)) _inGrads[i] = Unbroadcast(grad(), I(i));
     }
 
     internal string? InputGradient(int i) => _inGrads[i];
@@ -66,20 +82,19 @@ public sealed class GradientContext
     public float GetFloat(string attr, float dflt) => Node.GetFloat(attr, dflt);
 
     /// <summary>Static value of input i when it is an initializer or a Constant node's output (axes, shapes, ratios).</summary>
-    public Tensor? ConstantInput(int i) => ConstantValue(I(i));
+    public Tensor? ConstantInput(int i) => ConstantValue(Graph, Node.Input(i));
 
-    public Tensor? ConstantValue(string value)
+    /// <summary>
+    /// The static value of <paramref name="value"/> when it is an initializer or a Constant node's output,
+    /// else null. <paramref name="producers"/> (from <see cref="Graph.Producers"/>) saves a scan of the nodes.
+    /// </summary>
+    public static Tensor? ConstantValue(Graph g, string value, Dictionary<string, Node>? producers = null)
     {
         if (value.Length == 0) return null;
-        if (Graph.Initializers.TryGetValue(value, out var t)) return t;
-        foreach (var n in Graph.Nodes)
-            if (n.OpType == "Constant" && n.Domain == "" && n.Output(0) == value)
-                return n.Attr("value")?.T ?? ConstantFromAttrs(n);
-        return null;
-    }
-
-    static Tensor? ConstantFromAttrs(Node n)
-    {
+        if (g.Initializers.TryGetValue(value, out var t)) return t;
+        var n = producers != null ? producers.GetValueOrDefault(value) : g.Nodes.FirstOrDefault(n => n.Outputs.Contains(value));
+        if (n is not { OpType: "Constant", Domain: "" }) return null;
+        if (n.Attr("value")?.T is { } v) return v;
         if (n.Attr("value_float") is { } f) return Tensor.Float("", [f.F]);
         if (n.Attr("value_floats") is { } fs) return Tensor.Float("", fs.Floats, fs.Floats.Length);
         if (n.Attr("value_int") is { } i) return Tensor.Int64("", [i.I]);
@@ -91,7 +106,7 @@ public sealed class GradientContext
     /// Makes sure the forward node exposes output i (e.g. Dropout's mask, MaxPool's indices,
     /// LayerNormalization's statistics), adding it if the model left it out, and returns its name.
     /// </summary>
-    public string EnsureOutput(int i, string hint, TensorType? type = null)
+    public V EnsureOutput(int i, string hint, TensorType? type = null)
     {
         while (Node.Outputs.Count <= i) Node.Outputs.Add("");
         if (Node.Outputs[i].Length == 0)
@@ -102,7 +117,7 @@ public sealed class GradientContext
             B.Prefix = saved;
         }
         if (type != null) Graph.ValueTypes[Node.Outputs[i]] = type;
-        return Node.Outputs[i];
+        return O(i);
     }
 
     /// <summary>A 0-D constant in the element type of <paramref name="like"/>.</summary>
@@ -122,6 +137,9 @@ public sealed class GradientContext
         return B.Shape(value);
     }
 
+    /// <summary>The axes [from, to) as int64s.</summary>
+    public static long[] Axes(int from, int to) => Enumerable.Range(from, Math.Max(0, to - from)).Select(a => (long)a).ToArray();
+
     /// <summary>Axis normalized to [0, rank).</summary>
     public static int NormAxis(long axis, int rank) => (int)(axis < 0 ? axis + rank : axis);
 
@@ -132,6 +150,9 @@ public sealed class GradientContext
     /// <paramref name="shapedLike"/> is a forward value shaped like <paramref name="grad"/> (default: output 0);
     /// gradients themselves carry no recorded type: a gradient is always shaped like its forward value.
     /// </summary>
+    public V Unbroadcast(V grad, V target, V? shapedLike = null) => new(B, Unbroadcast(grad.Name, target.Name, shapedLike?.Name), grad.Type);
+
+    /// <inheritdoc cref="Unbroadcast(V, V, V?)"/>
     public string Unbroadcast(string grad, string target, string? shapedLike = null)
     {
         var ts = ShapeOf(target);
@@ -154,13 +175,28 @@ public sealed class GradientContext
             var r = B.ReduceSum(grad, axes.ToArray(), keepDims: true);
             return lead > 0 ? B.Reshape(r, ReshapeTarget(target)) : r;
         }
-        // Run-time: axes where Shape(target) (left-padded with 1s) is 1 and Shape(grad) is not.
+        // Run-time: Shape(target) left-padded with 1s.
         var tShape = B.Shape(target);
         var padded = lead > 0 ? B.Concat(0, B.Ints(Enumerable.Repeat(1L, lead).ToArray()), tShape) : tShape;
+        return B.Reshape(SumWhereSizeOne(grad, padded), tShape);
+    }
+
+    /// <summary>
+    /// <paramref name="grad"/> summed (keeping dims) over the axes where the run-time int64 shape
+    /// <paramref name="shape"/> (of the same rank) is 1 and Shape(grad) is not.
+    /// </summary>
+    public string SumWhereSizeOne(string grad, string shape)
+    {
         var one = B.IntScalar(1);
-        var mask = B.Op("And", [B.Op("Equal", [padded, one]), B.Op("Not", [B.Op("Equal", [B.Shape(grad), one])])]);
-        var dynAxes = B.Reshape(B.Op("NonZero", [mask]), B.Ints(-1));
-        var summed = B.ReduceSumDynamic(grad, dynAxes, keepDims: true);
-        return B.Reshape(summed, tShape);
+        var mask = B.Op("And", [B.Op("Equal", [shape, one]), B.Op("Not", [B.Op("Equal", [B.Shape(grad), one])])]);
+        return B.ReduceSumDynamic(grad, B.Reshape(B.Op("NonZero", [mask]), B.Ints(-1)), keepDims: true);
+    }
+
+    /// <summary>The inverse of a permutation.</summary>
+    public static long[] InversePerm(long[] perm)
+    {
+        var inv = new long[perm.Length];
+        for (int i = 0; i < perm.Length; i++) inv[perm[i]] = i;
+        return inv;
     }
 }

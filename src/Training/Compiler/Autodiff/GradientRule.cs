@@ -26,7 +26,10 @@ public sealed record GradientRule(
     public bool OutputIsDifferentiable(int i) => Kind == GradientKind.Rule && (Outputs == null || Outputs.Contains(i));
 }
 
-/// <summary>The table of gradient rules, keyed by (domain, op type). Rule families register themselves.</summary>
+/// <summary>
+/// The table of gradient rules, keyed by (domain, op type). Rule families register themselves.
+/// An instance is passed to the compiler; <see cref="CreateDefault"/> gives the built-in rules to extend.
+/// </summary>
 public sealed class GradientRegistry
 {
     readonly Dictionary<(string, string), GradientRule> _rules = new();
@@ -45,10 +48,11 @@ public sealed class GradientRegistry
 
     public GradientRule? Find(string domain, string opType) => _rules.GetValueOrDefault((domain, opType));
 
-    /// <summary>The registry with every built-in rule family.</summary>
-    public static GradientRegistry Default { get; } = CreateDefault();
+    /// <summary>The built-in rules, built once, for callers that pass no registry; never changed.</summary>
+    internal static GradientRegistry Default { get; } = CreateDefault();
 
-    static GradientRegistry CreateDefault()
+    /// <summary>A new registry with every built-in rule family (add or replace rules in it freely).</summary>
+    public static GradientRegistry CreateDefault()
     {
         var r = new GradientRegistry();
         Gradients.ElementwiseRules.Register(r);

@@ -168,12 +168,6 @@ public static class ErfGeluFusion
     }
 
     /// <summary>A one-element float constant (initializer or Constant node), or null.</summary>
-    static Tensor? ConstantScalar(Graph g, string v, Dictionary<string, Node> producers)
-    {
-        Tensor? t = null;
-        if (g.Initializers.TryGetValue(v, out var init)) t = init;
-        else if (producers.TryGetValue(v, out var p) && p.OpType == "Constant" && p.Domain == "")
-            t = p.Attr("value")?.T ?? (p.Attr("value_float") is { } f ? Tensor.Float("", [f.F]) : null);
-        return t != null && t.ElementCount == 1 && t.Type.IsFloat() ? t : null;
-    }
+    static Tensor? ConstantScalar(Graph g, string v, Dictionary<string, Node> producers) =>
+        GradientContext.ConstantValue(g, v, producers) is { ElementCount: 1 } t && t.Type.IsFloat() ? t : null;
 }

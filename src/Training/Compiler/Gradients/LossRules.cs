@@ -14,27 +14,16 @@ public static class LossRules
         // log_prob: dx = g_lp - p * Σ_C g_lp.
         r.Add("SoftmaxCrossEntropyLoss", c =>
         {
-            var x = c.I(0);
-            var lp = c.EnsureOutput(1, "log_prob");
-            var p = c.B.Op("Exp", [lp]);
+            var p = c.EnsureOutput(1, "log_prob").Exp();
             var parts = new List<string>();
-            if (c.GO(0) != null)
-            {
-                var (onehot, factor) = PerSample(c);
-                parts.Add(c.B.Mul(c.B.Sub(p, onehot), factor));
-            }
-            if (c.GO(1) is { } glp)
-                parts.Add(c.B.Sub(glp, c.B.Mul(p, c.B.ReduceSum(glp, [1], keepDims: true))));
+            if (c.GO(0) != null) { var (onehot, factor) = PerSample(c); parts.Add((p - onehot) * factor); }
+            if (c.GO(1) is { } glp) parts.Add(glp - p * glp.Sum([1]));
             c.SetGI(0, c.B.Sum(parts));
         }, inputs: [0], outputs: [0, 1]);
 
         // Input x (N, C, d...) of log-probabilities: loss_i = -x[i, l_i] * w[l_i].
         // dx = -onehot(l) * w[l] * gsample (gsample as for SoftmaxCrossEntropyLoss).
-        r.Add("NegativeLogLikelihoodLoss", c =>
-        {
-            var (onehot, factor) = PerSample(c);
-            c.SetGI(0, c.B.Neg(c.B.Mul(onehot, factor)));
-        }, inputs: [0], outputs: [0]);
+        r.Add("NegativeLogLikelihoodLoss", c => { var (onehot, factor) = PerSample(c); c.SetGI(0, -(onehot * factor)); }, inputs: [0], outputs: [0]);
     }
 
     /// <summary>
@@ -42,69 +31,49 @@ public static class LossRules
     /// the output gradient spread over the samples, times the sample's class weight, zero where the
     /// label equals ignore_index.
     /// </summary>
-    static (string OneHot, string Factor) PerSample(GradientContext c)
+    static (V OneHot, V Factor) PerSample(GradientContext c)
     {
-        var x = c.I(0);
-        var labels = c.I(1);
-        var t = c.ElemType(x);
-        var lt = c.ElemType(labels);
+        var (x, labels, g) = (c.I(0), c.I(1), c.G);
+        var (t, lt) = (c.ElemType(x), c.ElemType(labels));
         int rank = c.Rank(x);
         if (rank < 2) throw new CompileException($"{c.Node.Describe()}: scores of rank {rank}; expected (N, C, ...)");
         var reduction = c.Node.GetString("reduction", "mean");
         if (reduction is not ("mean" or "sum" or "none"))
             throw new CompileException($"{c.Node.Describe()}: unknown reduction '{reduction}'");
+        var spatial = GradientContext.Axes(1, rank - 1);
 
         // (C, 1, ..., 1): class ids to compare with the labels unsqueezed to (N, 1, d...).
-        var ones = Enumerable.Repeat(1L, rank - 2).ToArray();
-        string classes;
+        V classes;
         if (c.StaticDim(x, 1) is { } nc)
-            classes = c.B.Const(Tensor.OfType("", lt, Enumerable.Range(0, (int)nc).Select(i => (double)i).ToArray(), [nc, .. ones]), "classes");
+            classes = c.Val(c.B.Const(Tensor.OfType("", lt, Enumerable.Range(0, (int)nc).Select(i => (double)i).ToArray(), [nc, .. Enumerable.Repeat(1L, rank - 2)]), "classes"));
         else
         {
-            var n = c.B.Squeeze(c.B.ShapeSlice(x, 1, 2), 0);
-            var range = c.B.Op("Range", [c.B.IntScalar(0), n, c.B.IntScalar(1)]);
-            if (lt != DataType.Int64) range = c.B.Cast(range, lt);
-            classes = rank > 2 ? c.B.Unsqueeze(range, Enumerable.Range(1, rank - 2).Select(a => (long)a).ToArray()) : range;
+            var range = new V(c.B, c.B.Op("Range", [c.B.IntScalar(0), c.B.Squeeze(c.B.ShapeSlice(x, 1, 2), 0), c.B.IntScalar(1)]), DataType.Int64).Cast(lt);
+            classes = rank > 2 ? range.Unsqueeze(spatial) : range;
         }
-        var l1 = c.B.Unsqueeze(labels, 1);
-        var onehot = c.B.Cast(c.B.Op("Equal", [l1, classes]), t);
+        var l1 = labels.Unsqueeze(1);
+        var onehot = l1.Eq(classes).Cast(t);
 
-        // per-sample weight (N, 1, d...): w[l] masked by l != ignore_index; null means all ones
-        string? weight = null;
+        // per-sample weight (N, 1, d...): w[l] masked by l != ignore_index; null means all ones.
+        // An out-of-range label has an all-zero one-hot row, so it selects weight 0.
+        V? weight = null;
         if (c.Node.HasInput(2))
         {
-            var w = c.I(2);
-            if (c.ElemType(w) != t) w = c.B.Cast(w, t);
-            if (rank > 2) w = c.B.Unsqueeze(w, Enumerable.Range(1, rank - 2).Select(a => (long)a).ToArray());
-            // an out-of-range label has an all-zero one-hot row, so it selects weight 0
-            weight = c.B.ReduceSum(c.B.Mul(onehot, w), [1], keepDims: true);
+            var w = c.I(2).Cast(t);
+            weight = (onehot * (rank > 2 ? w.Unsqueeze(spatial) : w)).Sum([1]);
         }
         if (c.Node.Attr("ignore_index") is { } ig)
         {
-            var keep = c.B.Cast(c.B.Op("Not", [c.B.Op("Equal", [l1, c.B.Scalar(ig.I, lt)])]), t);
-            weight = weight == null ? keep : c.B.Mul(weight, keep);
-        }
-
-        var g = c.GO(0)!;
-        string factor;
-        switch (reduction)
-        {
-            case "none":
-                var gu = c.B.Unsqueeze(g, 1);
-                factor = weight == null ? gu : c.B.Mul(gu, weight);
-                break;
-            case "sum":
-                factor = weight == null ? g : c.B.Mul(g, weight);
-                break;
-            default:
-                string denom = weight == null
-                    ? c.B.Cast(c.B.Op("Size", [labels]), t)
-                    : c.B.Op("ReduceSum", [weight], OrtFinetune.Onnx.NodeAttribute.Of("keepdims", 0L));
-                var gm = c.B.Div(g, denom);
-                factor = weight == null ? gm : c.B.Mul(gm, weight);
-                break;
+            var keep = (!l1.Eq(ig.I)).Cast(t);
+            weight = weight == null ? keep : weight * keep;
         }
         // "sum"/"mean" without weights leave a scalar factor: onehot * factor still has the full shape
-        return (onehot, factor);
+        var gs = reduction switch
+        {
+            "none" => g.Unsqueeze(1),
+            "sum" => g,
+            _ => g / (weight == null ? labels.Size().Cast(t) : weight.Op("ReduceSum", [weight], null, OrtFinetune.Onnx.NodeAttribute.Of("keepdims", 0L))),
+        };
+        return (onehot, weight == null ? gs : gs * weight);
     }
 }

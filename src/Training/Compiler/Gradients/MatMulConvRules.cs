@@ -23,99 +23,66 @@ public static class MatMulConvRules
     /// </summary>
     static void MatMul(GradientContext c)
     {
-        var b = c.B;
-        var g = c.GO(0)!;
-        var (a, w) = (c.I(0), c.I(1));
+        var (g, a, w) = (c.G, c.I(0), c.I(1));
         int ra = c.Rank(a), rb = c.Rank(w);
-
         if (ra == 1 && rb == 1)
         {
-            // dot product: dA = g * B, dB = g * A (g is 0-D)
-            if (c.Need(0)) c.SetGI(0, b.Mul(g, w));
-            if (c.Need(1)) c.SetGI(1, b.Mul(g, a));
-            return;
+            // dot product (g is 0-D)
+            c.SetGI(0, () => g * w);
+            c.SetGI(1, () => g * a);
         }
-        if (ra == 1)
+        else if (ra == 1)
         {
-            // Y[..., n] = Σ_k A[k] B[..., k, n]
-            if (c.Need(0))
-            {
-                if (rb == 2) c.SetGI(0, b.MatMul(w, g)); // [K,N] @ [N] -> [K]
-                else
-                {
-                    var t = b.MatMul(w, b.Unsqueeze(g, -1)); // [..., K, 1]
-                    c.SetGI(0, b.ReduceSum(b.Reshape(t, Flat2(c, a)), [0], keepDims: false));
-                }
-            }
-            if (c.Need(1)) c.SetGI(1, b.Mul(b.Unsqueeze(a, -1), b.Unsqueeze(g, -2))); // [K,1] * [...,1,N]
-            return;
+            // Y[..., n] = Σ_k A[k] B[..., k, n]: [K,N] @ [N] -> [K], or [..., K, 1] summed over the batch
+            c.SetGI(0, () => rb == 2 ? w.MatMul(g) : w.MatMul(g.Unsqueeze(-1)).Reshape(Flat2(c, a)).Sum([0], keepDims: false));
+            c.SetGI(1, () => a.Unsqueeze(-1) * g.Unsqueeze(-2)); // [K,1] * [...,1,N]
         }
-        if (rb == 1)
+        else if (rb == 1)
         {
-            // Y[..., m] = Σ_k A[..., m, k] B[k]
-            if (c.Need(0)) c.SetGI(0, b.Mul(b.Unsqueeze(g, -1), w)); // [...,M,1] * [K]
-            if (c.Need(1))
-            {
-                if (ra == 2) c.SetGI(1, b.MatMul(g, a)); // [M] @ [M,K] -> [K]
-                else c.SetGI(1, b.MatMul(b.Reshape(g, b.Ints(-1)), b.Reshape(a, Flat2(c, a))));
-            }
-            return;
+            // Y[..., m] = Σ_k A[..., m, k] B[k]: [...,M,1] * [K]; [M] @ [M,K] -> [K]
+            c.SetGI(0, () => g.Unsqueeze(-1) * w);
+            c.SetGI(1, () => ra == 2 ? g.MatMul(a) : g.Reshape(c.B.Ints(-1)).MatMul(a.Reshape(Flat2(c, a))));
         }
-
-        if (rb == 2)
+        else if (rb == 2)
         {
             // the common "activations @ weight" case: no batch axes on B, nothing to reduce but the flattened rows
-            if (c.Need(0))
-                c.SetGI(0, ra == 2 ? Gemm2(b, g, w, 0, 1) : b.MatMul(g, b.Transpose(w, 1, 0)));
-            if (c.Need(1))
-                c.SetGI(1, ra == 2 ? Gemm2(b, a, g, 1, 0) : Gemm2(b, b.Reshape(a, Flat2(c, a)), b.Reshape(g, Flat2(c, c.O(0))), 1, 0));
-            return;
+            c.SetGI(0, () => ra == 2 ? Gemm2(g, w, 0, 1) : g.MatMul(w.Transpose(1, 0)));
+            c.SetGI(1, () => ra == 2 ? Gemm2(a, g, 1, 0) : Gemm2(a.Reshape(Flat2(c, a)), g.Reshape(Flat2(c, c.O(0))), 1, 0));
         }
-
-        // batched: results are shaped batch(Y) + matrix, then summed down to each operand's shape
-        var yBatch = c.ShapeOf(c.O(0))[..^2];
-        if (c.Need(0))
+        else
         {
-            var da = b.MatMul(g, TransposeLast2(c, w, rb));
-            c.SetGI(0, UnbroadcastBatch(c, da, a, yBatch));
-        }
-        if (c.Need(1))
-        {
-            var db = b.MatMul(TransposeLast2(c, a, ra), g);
-            c.SetGI(1, UnbroadcastBatch(c, db, w, yBatch));
+            // batched: results are shaped batch(Y) + matrix, then summed down to each operand's shape
+            var yBatch = c.ShapeOf(c.O(0))[..^2];
+            c.SetGI(0, () => UnbroadcastBatch(c, g.MatMul(TransposeLast2(w, rb)), a, yBatch));
+            c.SetGI(1, () => UnbroadcastBatch(c, TransposeLast2(a, ra).MatMul(g), w, yBatch));
         }
     }
 
-    static string Gemm2(GraphBuilder b, string x, string y, long transA, long transB, float alpha = 1f)
+    static V Gemm2(V x, V y, long transA, long transB, float alpha = 1f)
     {
-        var attrs = new List<NodeAttribute> { NodeAttribute.Of("transA", transA), NodeAttribute.Of("transB", transB) };
-        if (alpha != 1f) attrs.Add(NodeAttribute.Of("alpha", alpha));
-        return b.Op("Gemm", [x, y], attrs.ToArray());
+        NodeAttribute[] attrs = [NodeAttribute.Of("transA", transA), NodeAttribute.Of("transB", transB)];
+        return x.Op("Gemm", [x, y], null, alpha == 1f ? attrs : [.. attrs, NodeAttribute.Of("alpha", alpha)]);
     }
 
-    static string TransposeLast2(GradientContext c, string x, int rank)
+    static V TransposeLast2(V x, int rank)
     {
-        var perm = Enumerable.Range(0, rank).Select(i => (long)i).ToArray();
+        var perm = GradientContext.Axes(0, rank);
         (perm[rank - 2], perm[rank - 1]) = (perm[rank - 1], perm[rank - 2]);
-        return c.B.Transpose(x, perm);
+        return x.Transpose(perm);
     }
 
     /// <summary>Shape [-1, last dim of <paramref name="x"/>] (static when the last dim is known).</summary>
-    static string Flat2(GradientContext c, string x)
-    {
-        var last = c.StaticDim(x, -1);
-        return last is { } k ? c.B.Ints(-1, k) : c.B.Concat(0, c.B.Ints(-1), c.B.ShapeSlice(x, -1, long.MaxValue));
-    }
+    static string Flat2(GradientContext c, string x) =>
+        c.StaticDim(x, -1) is { } k ? c.B.Ints(-1, k) : c.B.Concat(0, c.B.Ints(-1), c.B.ShapeSlice(x, -1, long.MaxValue));
 
     /// <summary>
     /// Sums a gradient shaped batch(Y) + [r, s] down to <paramref name="target"/> (batch(target) + [r, s]):
     /// over the leading axes the target lacks and the batch axes where it has size 1.
     /// </summary>
-    static string UnbroadcastBatch(GradientContext c, string grad, string target, Dim[] yBatch)
+    static V UnbroadcastBatch(GradientContext c, V grad, V target, Dim[] yBatch)
     {
         var ts = c.ShapeOf(target);
-        var gradType = new TensorType(c.ElemType(target), [.. yBatch, ts[^2], ts[^1]]);
-        c.B.SetType(grad, gradType);
+        c.B.SetType(grad, new TensorType(c.ElemType(target), [.. yBatch, ts[^2], ts[^1]]));
         return c.Unbroadcast(grad, target, shapedLike: grad);
     }
 
@@ -127,21 +94,12 @@ public static class MatMulConvRules
     /// </summary>
     static void Gemm(GradientContext c)
     {
-        var b = c.B;
-        var g = c.GO(0)!;
-        var (a, w) = (c.I(0), c.I(1));
+        var (g, a, w) = (c.G, c.I(0), c.I(1));
         long tA = c.GetInt("transA", 0), tB = c.GetInt("transB", 0);
         float alpha = c.GetFloat("alpha", 1f), beta = c.GetFloat("beta", 1f);
-        if (c.Need(0))
-            c.SetGI(0, tA == 0 ? Gemm2(b, g, w, 0, 1 - tB, alpha) : Gemm2(b, w, g, tB, 1, alpha));
-        if (c.Need(1))
-            c.SetGI(1, tB == 0 ? Gemm2(b, a, g, 1 - tA, 0, alpha) : Gemm2(b, g, a, 1, tA, alpha));
-        if (c.Need(2))
-        {
-            var dc = c.Unbroadcast(g, c.I(2));
-            if (beta != 1f) dc = b.Mul(dc, c.ScalarLike(beta, c.I(2)));
-            c.SetGI(2, dc);
-        }
+        c.SetGI(0, () => tA == 0 ? Gemm2(g, w, 0, 1 - tB, alpha) : Gemm2(w, g, tB, 1, alpha));
+        c.SetGI(1, () => tB == 0 ? Gemm2(a, g, 1 - tA, 0, alpha) : Gemm2(g, a, 1, tA, alpha));
+        c.SetGI(2, () => { var dc = c.Unbroadcast(g, c.I(2)); return beta != 1f ? dc * beta : dc; });
     }
 
     // ------------------------------------------------------------------ Conv
@@ -224,17 +182,14 @@ public static class MatMulConvRules
     /// </summary>
     static void Conv(GradientContext c)
     {
-        var b = c.B;
-        var node = c.Node;
-        var g = c.GO(0)!;
-        var (x, w) = (c.I(0), c.I(1));
+        var (b, node, g, x, w) = (c.B, c.Node, c.G, c.I(0), c.I(1));
         var ws = c.ShapeOf(w);
         int n = ws.Length - 2;
         var kernel = node.GetInts("kernel_shape") is { Length: > 0 } ks ? ks
             : ws[2..].Select(d => d.Value ?? throw new CompileException($"{node.Describe()}: the gradient needs a static kernel shape (weight '{w}' is [{string.Join(",", ws.Select(x => x.ToString()))}])")).ToArray();
         var geo = ReadGeometry(c, kernel);
         long group = c.GetInt("group", 1);
-        var spatialAxes = Enumerable.Range(2, n).Select(i => (long)i).ToArray();
+        var spatialAxes = GradientContext.Axes(2, n + 2);
 
         if (c.Need(0))
         {
@@ -282,6 +237,6 @@ public static class MatMulConvRules
             c.SetGI(1, dw);
         }
 
-        if (c.Need(2)) c.SetGI(2, b.ReduceSum(g, [0, .. spatialAxes], keepDims: false));
+        c.SetGI(2, () => g.Sum([0, .. spatialAxes], keepDims: false));
     }
 }

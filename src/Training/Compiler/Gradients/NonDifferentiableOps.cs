@@ -2,7 +2,10 @@ using OrtFinetune.Training.Compiler.Autodiff;
 
 namespace OrtFinetune.Training.Compiler.Gradients;
 
-/// <summary>Ops whose outputs never carry a gradient: shape arithmetic, comparisons, indices, randomness.</summary>
+/// <summary>
+/// Ops whose outputs never carry a gradient: shape arithmetic, comparisons, indices, randomness.
+/// (Integer outputs such as TopK's indices are cut from the gradient path by their dtype anyway.)
+/// </summary>
 public static class NonDifferentiableOps
 {
     public static void Register(GradientRegistry r) => r.NotDifferentiable(
@@ -10,5 +13,5 @@ public static class NonDifferentiableOps
         "Equal", "Greater", "GreaterOrEqual", "Less", "LessOrEqual", "Not", "And", "Or", "Xor",
         "ArgMax", "ArgMin", "IsNaN", "IsInf", "Sign", "Floor", "Ceil", "Round",
         "RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial",
-        "Bernoulli", "TopK_Indices", "Mod", "BitShift", "NonMaxSuppression");
+        "Bernoulli", "BitShift", "NonMaxSuppression");
 }

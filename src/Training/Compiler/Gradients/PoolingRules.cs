@@ -21,16 +21,15 @@ public static class PoolingRules
     /// </summary>
     static void MaxPool(GradientContext c)
     {
-        var b = c.B;
+        var (b, x) = (c.B, c.I(0));
         if (c.GetInt("storage_order", 0) != 0)
             throw new CompileException($"{c.Node.Describe()}: storage_order=1 is not supported for the gradient");
         if (c.Opset < 16)
             throw new CompileException($"{c.Node.Describe()}: the MaxPool gradient needs ScatterElements with reduction=\"add\" (opset >= 16); the model has opset {c.Opset}");
-        var x = c.I(0);
         var indices = c.EnsureOutput(1, "indices", c.Graph.TypeOf(c.O(0)) is { } yt ? yt with { ElemType = DataType.Int64 } : null);
         var flat = b.Ints(-1);
         var zeros = b.Reshape(b.ZerosLike(x, c.ElemType(x)), flat);
-        var dx = b.Op("ScatterElements", [zeros, b.Reshape(indices, flat), b.Reshape(c.GO(0)!, flat)],
+        var dx = b.Op("ScatterElements", [zeros, b.Reshape(indices, flat), b.Reshape(c.G, flat)],
             NodeAttribute.Of("axis", 0L), NodeAttribute.Of("reduction", "add"));
         c.SetGI(0, b.Reshape(dx, b.Shape(x)));
     }
@@ -42,9 +41,7 @@ public static class PoolingRules
     /// </summary>
     static void AveragePool(GradientContext c)
     {
-        var b = c.B;
-        var node = c.Node;
-        var x = c.I(0);
+        var (b, node, x) = (c.B, c.Node, c.I(0));
         var kernel = node.GetInts("kernel_shape") ?? throw new CompileException($"{node.Describe()}: kernel_shape is required");
         var geo = MatMulConvRules.ReadGeometry(c, kernel, ceilMode: c.GetInt("ceil_mode", 0) != 0);
         if (geo.Dilations.Any(d => d != 1))
@@ -72,10 +69,7 @@ public static class PoolingRules
             for (int i = n - 1; i >= 0; i--) { size *= perAxis[i][rest % geo.Out[i]]; rest /= geo.Out[i]; }
             recip[flat] = 1.0 / size;
         }
-        var g = c.GO(0)!;
-        g = recip.All(v => v == recip[0])
-            ? b.Mul(g, c.ScalarLike(recip[0], x))
-            : b.Mul(g, b.Const(Tensor.OfType("", t, recip, geo.Out), "avgpool_recip_count"));
+        var g = c.G * (recip.All(v => v == recip[0]) ? x.Const(recip[0]) : c.Val(b.Const(Tensor.OfType("", t, recip, geo.Out), "avgpool_recip_count")));
 
         // 2. spread over the windows: ConvTranspose per channel with a kernel of ones
         var padsEnd = new long[n];
@@ -100,23 +94,15 @@ public static class PoolingRules
     /// <summary>dX = broadcast(dY) / (number of spatial elements).</summary>
     static void GlobalAveragePool(GradientContext c)
     {
-        var b = c.B;
-        var x = c.I(0);
-        var xs = c.ShapeOf(x);
-        string count = xs.Skip(2).All(d => d.IsKnown)
-            ? c.ScalarLike(xs.Skip(2).Aggregate(1L, (p, d) => p * d.Value!.Value), x)
-            : b.Cast(b.Div(b.Op("Size", [x]), b.Op("Size", [c.O(0)])), c.ElemType(x));
-        c.SetGI(0, b.Expand(b.Div(c.GO(0)!, count), b.Shape(x)));
+        var (x, xs) = (c.I(0), c.ShapeOf(c.I(0)));
+        var count = xs.Skip(2).All(d => d.IsKnown) ? x.Const(xs.Skip(2).Aggregate(1L, (p, d) => p * d.Value!.Value)) : (x.Size() / c.O(0).Size()).Cast(x.Type);
+        c.SetGI(0, (c.G / count).Expand(x.Shape()));
     }
 
     /// <summary>dX = dY at the elements equal to the channel maximum, split evenly among ties.</summary>
     static void GlobalMaxPool(GradientContext c)
     {
-        var b = c.B;
-        var x = c.I(0);
-        var axes = Enumerable.Range(2, c.Rank(x) - 2).Select(a => (long)a).ToArray();
-        var mask = b.Cast(b.Op("Equal", [x, c.O(0)]), c.ElemType(x));
-        var ties = b.ReduceSum(mask, axes, keepDims: true);
-        c.SetGI(0, b.Mul(mask, b.Div(c.GO(0)!, ties)));
+        var mask = c.I(0).Eq(c.O(0)).CastLike(c.I(0));
+        c.SetGI(0, mask * (c.G / mask.Sum(GradientContext.Axes(2, c.Rank(c.I(0))))));
     }
 }

@@ -16,7 +16,7 @@ public static class ShapeRules
     {
         // Pure reshapes: dx = Reshape(g, shape of x) (a constant when x's shape is static but for one dimension)
         foreach (var op in new[] { "Reshape", "Flatten", "Squeeze", "Unsqueeze" })
-            r.Add(op, c => c.SetGI(0, c.B.Reshape(c.GO(0)!, c.ReshapeTarget(c.I(0)))), inputs: [0]);
+            r.Add(op, c => c.SetGI(0, c.G.Reshape(c.ReshapeTarget(c.I(0)))), inputs: [0]);
         r.Add("Transpose", Transpose, inputs: [0]);
         r.Add("Expand", Expand, inputs: [0]);
         r.Add("Concat", Concat);
@@ -46,10 +46,8 @@ public static class ShapeRules
         c.Graph.TypeOf(v)?.ElemType == DataType.Int64 ? v : c.B.Cast(v, DataType.Int64);
 
     /// <summary>Int64 indices with negative entries wrapped: idx &lt; 0 ? idx + size : idx.</summary>
-    static string WrapNegative(GradientContext c, string idx, string size)
-    {
-        return c.B.Where(c.B.Op("Less", [idx, c.B.IntScalar(0)]), c.B.Add(idx, size), idx);
-    }
+    static string WrapNegative(GradientContext c, string idx, string size) =>
+        c.B.Where(c.B.Op("Less", [idx, c.B.IntScalar(0)]), c.B.Add(idx, size), idx);
 
     static long[] ConstInts(GradientContext c, int input, string what) =>
         (c.ConstantInput(input) ?? throw new CompileException($"{c.Node.Describe()}: {what} must be a constant to differentiate")).ToInt64s();
@@ -59,60 +57,37 @@ public static class ShapeRules
     /// <summary>Transpose(perm): dx = Transpose(g, inverse(perm)); default perm reverses the axes.</summary>
     static void Transpose(GradientContext c)
     {
-        var perm = c.Node.GetInts("perm") ?? Enumerable.Range(0, c.Rank(c.I(0))).Reverse().Select(i => (long)i).ToArray();
-        var inv = new long[perm.Length];
-        for (int i = 0; i < perm.Length; i++) inv[perm[i]] = i;
-        c.SetGI(0, c.B.Transpose(c.GO(0)!, inv));
+        var perm = c.Node.GetInts("perm") ?? GradientContext.Axes(0, c.Rank(c.I(0))).Reverse().ToArray();
+        c.SetGI(0, c.G.Transpose(GradientContext.InversePerm(perm)));
     }
 
     /// <summary>Expand(x, shape): dx = g summed over the broadcast axes (unbroadcast to x's shape).</summary>
     static void Expand(GradientContext c)
     {
-        var (g, x) = (c.GO(0)!, c.I(0));
+        var (g, x) = (c.G, c.I(0));
         if (c.Graph.TypeOf(c.O(0))?.Shape != null) { c.SetGI(0, c.Unbroadcast(g, x)); return; }
         // Output rank not recorded: it is max(rank x, length of the shape input).
         int rx = c.Rank(x);
         long? len = c.ConstantInput(1)?.Dims is { Length: 1 } cd ? cd[0] : c.Graph.TypeOf(c.I(1))?.Shape is [{ Value: { } l }] ? l : null;
         if (len == null) throw new CompileException($"{c.Node.Describe()}: the rank of the expanded output is unknown; its gradient needs it");
         int lead = (int)Math.Max(0, len.Value - rx);
-        if (lead > 0) g = c.B.ReduceSum(g, Enumerable.Range(0, lead).Select(a => (long)a).ToArray(), keepDims: false);
+        if (lead > 0) g = g.Sum(GradientContext.Axes(0, lead), keepDims: false);
         // Remaining axes: sum where x has size 1 and the gradient does not (decided at run time).
-        var xs = c.B.Shape(x);
-        var one = c.B.IntScalar(1);
-        var mask = c.B.Op("And", [c.B.Op("Equal", [xs, one]), c.B.Op("Not", [c.B.Op("Equal", [c.B.Shape(g), one])])]);
-        var axes = c.B.Reshape(c.B.Op("NonZero", [mask]), c.B.Ints(-1));
-        c.SetGI(0, c.B.ReduceSumDynamic(g, axes, keepDims: true));
+        c.SetGI(0, c.SumWhereSizeOne(g, x.Shape()));
     }
 
     /// <summary>Concat(axis): each input's gradient is its slab of g along the axis (one Split, sizes from the inputs).</summary>
     static void Concat(GradientContext c)
     {
-        var g = c.GO(0)!;
         int n = c.InputCount;
-        int rank = c.Rank(c.I(0));
-        int axis = GradientContext.NormAxis(c.GetInt("axis", 0), rank);
-        if (n == 1) { c.SetGI(0, g); return; }
+        int axis = GradientContext.NormAxis(c.GetInt("axis", 0), c.Rank(c.I(0)));
+        if (n == 1) { c.SetGI(0, c.G); return; }
         var dims = Enumerable.Range(0, n).Select(i => c.StaticDim(c.I(i), axis)).ToArray();
-        if (c.Opset >= 13 || dims.All(d => d != null))
-        {
-            string[] parts;
-            if (dims.All(d => d != null))
-                parts = c.Opset >= 13
-                    ? c.B.OpN("Split", [g, c.B.Ints(dims.Select(d => d!.Value).ToArray())], n, NodeAttribute.Of("axis", (long)axis))
-                    : c.B.OpN("Split", [g], n, NodeAttribute.Of("axis", (long)axis), NodeAttribute.Of("split", dims.Select(d => d!.Value).ToArray()));
-            else
-                parts = c.B.OpN("Split", [g, c.B.Concat(0, Enumerable.Range(0, n).Select(i => Dim1(c, c.I(i), axis)).ToArray())], n, NodeAttribute.Of("axis", (long)axis));
-            for (int i = 0; i < n; i++) c.SetGI(i, parts[i]);
-            return;
-        }
-        // Older opsets with symbolic sizes: Slice between running offsets.
-        string offset = c.B.Ints(0);
-        for (int i = 0; i < n; i++)
-        {
-            var end = c.B.Add(offset, Dim1(c, c.I(i), axis));
-            if (c.Need(i)) c.SetGI(i, c.B.Op("Slice", [g, offset, end, c.B.Ints(axis)]));
-            offset = end;
-        }
+        var sizes = dims.All(d => d != null)
+            ? c.B.Ints(dims.Select(d => d!.Value).ToArray())
+            : c.B.Concat(0, Enumerable.Range(0, n).Select(i => Dim1(c, c.I(i), axis)).ToArray());
+        var parts = c.B.OpN("Split", [c.G, sizes], n, NodeAttribute.Of("axis", (long)axis));
+        for (int i = 0; i < n; i++) c.SetGI(i, parts[i]);
     }
 
     /// <summary>Split: dx = Concat(axis, g_0, ..., g_{n-1}), zeros for outputs that receive no gradient.</summary>
@@ -120,8 +95,7 @@ public static class ShapeRules
     {
         var x = c.I(0);
         int axis = GradientContext.NormAxis(c.GetInt("axis", 0), c.Rank(x));
-        var t = c.ElemType(x);
-        var parts = Enumerable.Range(0, c.OutputCount).Select(i => c.GO(i) ?? c.B.ZerosLike(c.O(i), t)).ToArray();
+        var parts = Enumerable.Range(0, c.OutputCount).Select(i => c.GO(i)?.Name ?? c.B.ZerosLike(c.O(i), c.ElemType(x))).ToArray();
         c.SetGI(0, parts.Length == 1 ? parts[0] : c.B.Concat(axis, parts));
     }
 
@@ -133,29 +107,17 @@ public static class ShapeRules
     /// </summary>
     static void Slice(GradientContext c)
     {
-        var (g, x) = (c.GO(0)!, c.I(0));
+        var (g, x) = (c.G, c.I(0));
         int rank = c.Rank(x);
-        long[]? starts, ends, steps = null, axesC = null;
-        int n;
-        if (c.Opset < 10)
-        {
-            starts = c.Node.GetInts("starts") ?? [];
-            ends = c.Node.GetInts("ends") ?? [];
-            axesC = c.Node.GetInts("axes");
-            n = starts.Length;
-        }
-        else
-        {
-            starts = c.ConstantInput(1)?.ToInt64s();
-            ends = c.ConstantInput(2)?.ToInt64s();
-            if (c.Node.HasInput(3)) axesC = ConstInts(c, 3, "the axes of Slice");
-            if (c.Node.HasInput(4)) steps = c.ConstantInput(4)?.ToInt64s();
-            long? len = starts?.Length ?? ends?.Length ?? axesC?.Length ?? steps?.Length;
-            if (len == null && c.Graph.TypeOf(c.I(1))?.Shape is [{ Value: { } l }]) len = l;
-            n = (int)(len ?? throw new CompileException($"{c.Node.Describe()}: the number of sliced axes is unknown (starts has no static length)"));
-        }
-        var axes = (axesC ?? Enumerable.Range(0, n).Select(i => (long)i).ToArray()).Select(a => GradientContext.NormAxis(a, rank)).ToArray();
-        bool unitSteps = c.Opset < 10 || !c.Node.HasInput(4) || (steps != null && steps.All(s => s == 1));
+        var starts = c.ConstantInput(1)?.ToInt64s();
+        var ends = c.ConstantInput(2)?.ToInt64s();
+        var axesC = c.Node.HasInput(3) ? ConstInts(c, 3, "the axes of Slice") : null;
+        var steps = c.Node.HasInput(4) ? c.ConstantInput(4)?.ToInt64s() : null;
+        long? len = starts?.Length ?? ends?.Length ?? axesC?.Length ?? steps?.Length;
+        if (len == null && c.Graph.TypeOf(c.I(1))?.Shape is [{ Value: { } l }]) len = l;
+        int n = (int)(len ?? throw new CompileException($"{c.Node.Describe()}: the number of sliced axes is unknown (starts has no static length)"));
+        var axes = (axesC ?? GradientContext.Axes(0, n)).Select(a => GradientContext.NormAxis(a, rank)).ToArray();
+        bool unitSteps = !c.Node.HasInput(4) || (steps != null && steps.All(s => s == 1));
 
         // Static case: one Pad.
         if (starts != null && ends != null && unitSteps && axes.All(a => c.StaticDim(x, a) != null))
@@ -170,20 +132,16 @@ public static class ShapeRules
                 if (e < s) e = s;
                 pads[a] = s; pads[rank + a] = d - e;
             }
-            if (pads.All(p => p == 0)) { c.SetGI(0, g); return; }
-            c.SetGI(0, c.Opset >= 11
-                ? c.B.Op("Pad", [g, c.B.Ints(pads)])
-                : c.B.Op("Pad", [g], NodeAttribute.Of("pads", pads)));
+            c.SetGI(0, pads.All(p => p == 0) ? g : c.B.Op("Pad", [g, c.B.Ints(pads)]));
             return;
         }
-        if (c.Opset < 11) throw new CompileException($"{c.Node.Describe()}: slices with run-time bounds need opset 11 or later to differentiate");
 
         string Piece(long[]? constant, int input, int j, long dflt) =>
             constant != null ? c.B.Ints(constant[j])
             : c.Node.HasInput(input) ? ToInt64(c, c.B.Slice(c.I(input), [j], [j + 1], [0]))
             : c.B.Ints(dflt);
 
-        var cur = g;
+        string cur = g;
         for (int j = 0; j < n; j++)
         {
             int a = axes[j];
@@ -208,7 +166,7 @@ public static class ShapeRules
     /// </summary>
     static void Gather(GradientContext c)
     {
-        var (g, data) = (c.GO(0)!, c.I(0));
+        var (g, data) = (c.G, c.I(0));
         int rank = c.Rank(data);
         int axis = GradientContext.NormAxis(c.GetInt("axis", 0), rank);
         var b = c.B;
@@ -224,29 +182,24 @@ public static class ShapeRules
         if (c.Opset >= 16)
         {
             var zeros = b.ZerosLike(data, t);
-            var dx = axis == 0
+            c.SetGI(0, axis == 0
                 ? b.Op("ScatterND", [zeros, b.Unsqueeze(idx, 1), g2], NodeAttribute.Of("reduction", "add"))
                 : b.Op("ScatterElements", [zeros, b.Expand(b.Reshape(idx, AlongAxis(c, rank, axis)), b.Shape(g2)), g2],
-                    NodeAttribute.Of("axis", (long)axis), NodeAttribute.Of("reduction", "add"));
-            c.SetGI(0, dx);
+                    NodeAttribute.Of("axis", (long)axis), NodeAttribute.Of("reduction", "add")));
             return;
         }
-        if (c.Opset < 11) throw new CompileException($"{c.Node.Describe()}: Gather needs opset 11 or later to differentiate");
         // one-hot [K, size]; move K last, contract, move the size axis back into place
         var oneHot = b.Cast(b.Op("Equal", [b.Unsqueeze(idx, 1), b.Op("Range", [b.IntScalar(0), size, b.IntScalar(1)])]), t);
         var perm = Enumerable.Range(0, rank).Where(i => i != axis).Append(axis).Select(i => (long)i).ToArray();
-        var inv = new long[rank];
-        for (int i = 0; i < rank; i++) inv[perm[i]] = i;
-        var moved = rank == 1 ? g2 : b.Transpose(g2, perm);
-        var prod = b.MatMul(moved, oneHot);
-        c.SetGI(0, rank == 1 ? prod : b.Transpose(prod, inv));
+        var prod = b.MatMul(rank == 1 ? g2 : b.Transpose(g2, perm), oneHot);
+        c.SetGI(0, rank == 1 ? prod : b.Transpose(prod, GradientContext.InversePerm(perm)));
     }
 
     /// <summary>GatherElements(axis): dx = ScatterElements(zeros like data, indices, g, axis, reduction=add).</summary>
     static void GatherElements(GradientContext c)
     {
         if (c.Opset < 16) throw new CompileException($"{c.Node.Describe()}: GatherElements needs opset 16 or later to differentiate (ScatterElements reduction)");
-        var (g, data) = (c.GO(0)!, c.I(0));
+        var (g, data) = (c.G, c.I(0));
         int axis = GradientContext.NormAxis(c.GetInt("axis", 0), c.Rank(data));
         var idx = WrapNegative(c, ToInt64(c, c.I(1)), Dim0(c, data, axis));
         c.SetGI(0, c.B.Op("ScatterElements", [c.B.ZerosLike(data, c.ElemType(data)), idx, g],
@@ -259,7 +212,7 @@ public static class ShapeRules
     /// </summary>
     static void Tile(GradientContext c)
     {
-        var (g, x) = (c.GO(0)!, c.I(0));
+        var (g, x) = (c.G, c.I(0));
         int rank = c.Rank(x);
         if (rank == 0) { c.SetGI(0, g); return; }
         var reps = c.ConstantInput(1)?.ToInt64s();
@@ -272,8 +225,7 @@ public static class ShapeRules
             pieces.Add(Dim1(c, x, i));
         }
         var shape = dims.All(d => d != null) ? c.B.Ints(dims.Select(d => d!.Value).ToArray()) : c.B.Concat(0, pieces.ToArray());
-        var summed = c.B.ReduceSum(c.B.Reshape(g, shape), Enumerable.Range(0, rank).Select(i => 2L * i).ToArray(), keepDims: false);
-        c.SetGI(0, summed);
+        c.SetGI(0, g.Reshape(shape).Sum(Enumerable.Range(0, rank).Select(i => 2L * i).ToArray(), keepDims: false));
     }
 
     /// <summary>Pad (constant mode): dx = Pad(g, -pads), which crops what was added and zero-fills what was cropped.</summary>
@@ -281,15 +233,8 @@ public static class ShapeRules
     {
         var mode = c.Node.GetString("mode", "constant");
         if (mode != "constant") throw new CompileException($"{c.Node.Describe()}: Pad mode '{mode}' is not supported for differentiation (only 'constant')");
-        var g = c.GO(0)!;
-        if (c.Opset < 11)
-        {
-            var pads = c.Node.GetInts("pads") ?? [];
-            c.SetGI(0, c.B.Op("Pad", [g], NodeAttribute.Of("pads", pads.Select(p => -p).ToArray())));
-            return;
-        }
         var neg = c.ConstantInput(1) is { } pc ? c.B.Ints(pc.ToInt64s().Select(p => -p).ToArray()) : c.B.Neg(c.I(1));
-        var ins = new List<string> { g, neg };
+        var ins = new List<string> { c.G, neg };
         if (c.Node.HasInput(3)) { ins.Add(""); ins.Add(c.I(3)); }
         c.SetGI(0, c.B.Op("Pad", ins));
     }

@@ -301,7 +301,7 @@ public static class OptimizerBuilder
             foreach (var (input, value) in newStates.Prepend((p.Name, newP)))
             {
                 if (o.SkipNonFiniteUpdates) g.Nodes.Add(new Node("Where", [finite, value, input], [Updated(input)], b.Unique("skip_if_not_finite")));
-                else RenameOutput(g, value, Updated(input));
+                else Precision.AutocastPass.Rename(g, value, Updated(input));
             }
         }
         b.Prefix = "";
@@ -313,16 +313,6 @@ public static class OptimizerBuilder
         m.Metadata["ortfinetune.role"] = "optimizer";
         m.Metadata["ortfinetune.optimizer"] = o.Type;
         return m;
-    }
-
-    /// <summary>Makes the node producing <paramref name="from"/> write <paramref name="to"/> instead (no copy).</summary>
-    static void RenameOutput(Graph g, string from, string to)
-    {
-        foreach (var n in g.Nodes)
-        {
-            for (int k = 0; k < n.Outputs.Count; k++) if (n.Outputs[k] == from) n.Outputs[k] = to;
-            for (int k = 0; k < n.Inputs.Count; k++) if (n.Inputs[k] == from) n.Inputs[k] = to;
-        }
     }
 
     static string AsFloat(GraphBuilder b, string v, DataType t) => t == DataType.Float ? v : b.Cast(v, DataType.Float);

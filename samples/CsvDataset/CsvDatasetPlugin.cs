@@ -2,7 +2,7 @@ using System.Text;
 using Microsoft.Extensions.DependencyInjection;
 using OrtFinetune.Abstractions;
 
-namespace OrtFinetune.Samples.CsvDataset;
+namespace CsvDatasetSample;
 
 /// <summary>The plugin's entry point: registers one dataset provider.</summary>
 public sealed class CsvDatasetPlugin : IPlugin

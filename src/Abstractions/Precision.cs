@@ -146,7 +146,8 @@ public static class PrecisionNames
 
     /// <summary>
     /// The policy called <paramref name="name"/> (canonical name or alias, case-insensitive). "auto" picks
-    /// bf16-mixed on a CUDA device with bf16 support, 16-mixed on other CUDA devices, 32-true on the CPU.
+    /// bf16-mixed on a CUDA device with bf16 support (<paramref name="cudaBf16"/>: the host reads it from the
+    /// device, compute capability 8.0 and newer), 16-mixed on other CUDA devices, 32-true on the CPU.
     /// </summary>
     public static IPrecisionPolicy Resolve(IEnumerable<IPrecisionPolicy> policies, string name, bool cuda = false, bool cudaBf16 = false)
     {

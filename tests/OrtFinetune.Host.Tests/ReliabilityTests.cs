@@ -213,6 +213,24 @@ public class ReliabilityTests(ITestOutputHelper log) : IDisposable
         Assert.Equal(before, Hash(ckpt));
     }
 
+    // ---- damaged files ----
+
+    [Fact]
+    public void ResumeFromACheckpointWithAFlippedBitIsRefusedNamingTheFile()
+    {
+        // One bit flipped three quarters into the file (inside the tensor data, where only the checksum can tell).
+        var run = Path.Combine(_tmp, "flip");
+        var ckpt = GoodRun(run);
+        var bytes = File.ReadAllBytes(ckpt);
+        bytes[bytes.Length * 3 / 4] ^= 0x10;
+        File.WriteAllBytes(ckpt, bytes);
+        var r = Run(["train", .. Shapes, "--epochs", "2", "--resume", ckpt]);
+        Assert.Equal(2, r.Code);
+        Assert.Contains($"error: {ckpt}: checkpoint is corrupt (checksum", r.Err);
+        NoTrace(r);
+        Assert.Equal(bytes, File.ReadAllBytes(ckpt));   // refused before anything was written over it
+    }
+
     // ---- numerical faults ----
 
     [Fact]

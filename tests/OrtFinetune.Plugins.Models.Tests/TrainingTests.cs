@@ -42,7 +42,7 @@ public class TrainingTests(ITestOutputHelper log)
         double worst = 0;
         foreach (var p in art.Parameters)
         {
-            var err = VitParityTests.RelErr(outs[p.Name + "_grad"].Values, grads.ReadFloats(p.Name).Select(x => (double)x).ToArray());
+            var err = RelErr(outs[p.Name + "_grad"].Values, grads.ReadFloats(p.Name).Select(x => (double)x).ToArray());
             worst = Math.Max(worst, err);
             Assert.True(err <= 1e-4, $"gradient of '{p.Name}': relative error {err:E3}");
         }

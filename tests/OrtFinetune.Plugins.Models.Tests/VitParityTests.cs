@@ -16,14 +16,6 @@ public class VitParityTests(ITestOutputHelper log)
 
     static string WeightsPath => RepoPaths.Fixture("vit", "weights.safetensors");
 
-    internal static double RelErr(double[] ours, double[] reference)
-    {
-        Assert.Equal(reference.Length, ours.Length);
-        double num = 0, den = 0;
-        for (int i = 0; i < reference.Length; i++) { num += (ours[i] - reference[i]) * (ours[i] - reference[i]); den += reference[i] * reference[i]; }
-        return Math.Sqrt(num) / Math.Max(Math.Sqrt(den), 1e-30);
-    }
-
     static (HostTensor Input, double[] Logits) Io()
     {
         var io = SafetensorsReader.Open(RepoPaths.Fixture("vit", "io.safetensors"));

@@ -85,7 +85,7 @@ public sealed class WeightExportTests(ITestOutputHelper log) : IDisposable
             Assert.Equal(32, report.Loaded.Count);
             foreach (var p in art.Parameters)
                 Assert.Equal(trained.Graph.Initializers[p.Name].RawData.ToArray(), back.Graph.Initializers[p.Name].RawData.ToArray());
-            var err = VitParityTests.RelErr(WeightImportTests.Logits(back, input), onnxLogits);
+            var err = RelErr(WeightImportTests.Logits(back, input), onnxLogits);
             log.WriteLine($"{naming}: relative difference {err:E2}");
             Assert.True(err <= 1e-5, $"{naming}: {err:E3}");
         }

@@ -79,11 +79,11 @@ public sealed class WeightImportTests(ITestOutputHelper log) : IDisposable
         // fp16 files: the reference ran torchvision on the same weights rounded to float16, so only float32 rounding remains.
         var reference = Reference("logits" + (naming == "hf" ? "_hf" : "") + (fp16 ? "_fp16" : ""));
         var ours = Logits(model, Input());
-        var err = VitParityTests.RelErr(ours, reference);
+        var err = RelErr(ours, reference);
         log.WriteLine($"{folder}: relative error {err:E2}");
         Assert.True(err <= 1e-5, $"{folder}: relative error {err:E3}");
         if (fp16)   // and against the float32 original: within float16 rounding of the weights
-            Assert.True(VitParityTests.RelErr(ours, Reference("logits" + (naming == "hf" ? "_hf" : ""))) <= 5e-3);
+            Assert.True(RelErr(ours, Reference("logits" + (naming == "hf" ? "_hf" : ""))) <= 5e-3);
     }
 
     [Fact]
@@ -91,7 +91,7 @@ public sealed class WeightImportTests(ITestOutputHelper log) : IDisposable
     {
         var (model, _, report) = LoadFolder(Fixture("hf-bf16"));
         Assert.Equal("BF16", Assert.Single(report.SourceDTypes).Key);
-        var err = VitParityTests.RelErr(Logits(model, Input()), Reference("logits_hf_bf16"));
+        var err = RelErr(Logits(model, Input()), Reference("logits_hf_bf16"));
         log.WriteLine($"hf-bf16: relative error {err:E2}");
         Assert.True(err <= 1e-5, $"{err:E3}");
     }
@@ -132,7 +132,7 @@ public sealed class WeightImportTests(ITestOutputHelper log) : IDisposable
         Assert.Contains("missing (0)", def.WeightsReport);
         Assert.Contains("encoder.layers.encoder_layer_1.self_attention.in_proj_weight <- 'vit.encoder.layer.1.attention.attention.query.weight'", def.WeightsReport);
         Assert.Contains("config.json", def.WeightsReport);
-        var err = VitParityTests.RelErr(Logits(def.Forward, Input()), Reference("logits_hf"));
+        var err = RelErr(Logits(def.Forward, Input()), Reference("logits_hf"));
         Assert.True(err <= 1e-5, $"{err:E3}");
     }
 
@@ -210,7 +210,7 @@ public sealed class WeightImportTests(ITestOutputHelper log) : IDisposable
         Assert.Contains(report.Reshaped, r => r.Contains("4x4 to a 6x6"));
         // The reference: torchvision at image 24 with the table resampled by torch, float32 weights, eps 1e-6.
         var (tv, _, _) = LoadFolder(Fixture("torchvision"), imageSize: 24);
-        var err = VitParityTests.RelErr(Logits(tv, Input("input24")), Reference("logits24"));
+        var err = RelErr(Logits(tv, Input("input24")), Reference("logits24"));
         log.WriteLine($"image 24: relative error {err:E2}");
         Assert.True(err <= 1e-5, $"{err:E3}");
         Assert.Equal(24, config.ImageSize);

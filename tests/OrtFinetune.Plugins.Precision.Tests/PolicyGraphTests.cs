@@ -68,13 +68,6 @@ public class PolicyGraphTests(ITestOutputHelper log)
         Assert.True(report.Count("Gemm", low) >= 2 && report.Count("Conv", low) >= 1);
     }
 
-    static double RelErr(double[] ours, double[] torch)
-    {
-        double num = 0, den = 0;
-        for (int i = 0; i < torch.Length; i++) { num += (ours[i] - torch[i]) * (ours[i] - torch[i]); den += torch[i] * torch[i]; }
-        return Math.Sqrt(num) / Math.Max(Math.Sqrt(den), 1e-30);
-    }
-
     /// <summary>
     /// Mixed-policy gradients against PyTorch's fp32 gradients. The low list runs in 16-bit as on a GPU
     /// (autocast not limited by CPU kernels); the CPU then runs those nodes through fp32 kernels wrapped

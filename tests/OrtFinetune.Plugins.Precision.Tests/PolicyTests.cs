@@ -47,7 +47,8 @@ public class PolicyTests
         Assert.Throws<PrecisionException>(() => new HalfPrecision(DataType.BFloat16, new LossScalerSettings()));
         Assert.Throws<PrecisionException>(() => new MixedPrecision(DataType.Float));
         var reg = Registered();
-        Assert.Throws<PrecisionException>(() => PrecisionNames.Resolve(reg, "bf16-mixed").WithOptions(new PrecisionOptions { LossScaling = true }));
+        foreach (var bf16 in new[] { "bf16-mixed", "bf16-true" })
+            Assert.StartsWith($"{bf16} does not use a loss scaler", Assert.Throws<PrecisionException>(() => PrecisionNames.Resolve(reg, bf16).WithOptions(new PrecisionOptions { LossScaling = true })).Message);
         Assert.Throws<PrecisionException>(() => PrecisionNames.Resolve(reg, "32").WithOptions(new PrecisionOptions { Rounding = UpdateRounding.Kahan }));
         Assert.Throws<PrecisionException>(() => PrecisionNames.Resolve(reg, "16-mixed").WithOptions(new PrecisionOptions { Rounding = UpdateRounding.Kahan }));
         Assert.Throws<PrecisionException>(() => new MixedPrecision(DataType.Float16, new LossScalerSettings { BackoffFactor = 2 }));

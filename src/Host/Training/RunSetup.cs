@@ -40,8 +40,7 @@ public static class RunSetup
     {
         var policies = catalog.Services<IPrecisionPolicy>().Select(x => x.Service).ToList();
         if (policies.Count == 0) throw new UsageException("no precision policies are loaded (the precision plugin is missing from the plugins folder)");
-        // CUDA: bf16 is assumed available (Ampere and newer, e.g. A100/H100/H200); choose 16-mixed explicitly on older cards.
-        try { return PrecisionNames.Resolve(policies, name, device.IsCuda, cudaBf16: device.IsCuda).WithOptions(options ?? new PrecisionOptions()); }
+        try { return PrecisionNames.Resolve(policies, name, device.IsCuda, cudaBf16: CudaCapability.HasBf16(device)).WithOptions(options ?? new PrecisionOptions()); }
         catch (PrecisionException e) { throw new UsageException($"{setting} '{name}': {e.Message}"); }
     }
 

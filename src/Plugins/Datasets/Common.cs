@@ -86,47 +86,8 @@ public sealed class SubsetDataset : IImageDataset
     }
 }
 
-/// <summary>Deterministic 64-bit generator (SplitMix64); stable across .NET versions, unlike System.Random's algorithms.</summary>
-public struct SplitMix64
-{
-    private ulong _state;
-    public SplitMix64(ulong seed) { _state = seed; }
-    public static ulong Mix(ulong z)
-    {
-        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9UL;
-        z = (z ^ (z >> 27)) * 0x94D049BB133111EBUL;
-        return z ^ (z >> 31);
-    }
-    public static ulong Hash(params long[] parts)
-    {
-        ulong h = 0x9E3779B97F4A7C15UL;
-        foreach (var p in parts) h = Mix(h + 0x9E3779B97F4A7C15UL + (ulong)p);
-        return h;
-    }
-    public ulong NextUInt64() { _state += 0x9E3779B97F4A7C15UL; return Mix(_state); }
-    /// <summary>Uniform in [0, 1).</summary>
-    public double NextDouble() => (NextUInt64() >> 11) * (1.0 / (1UL << 53));
-    /// <summary>Uniform integer in [lo, hi) (hi &gt; lo).</summary>
-    public int Next(int lo, int hi) => lo + (int)(NextUInt64() % (ulong)(hi - lo));
-    public double Uniform(double lo, double hi) => lo + (hi - lo) * NextDouble();
-}
-
 public static class Splits
 {
-    /// <summary>A seeded permutation of 0..n-1 (Fisher-Yates).</summary>
-    public static int[] Permutation(int n, ulong seed)
-    {
-        var p = new int[n];
-        for (int i = 0; i < n; i++) p[i] = i;
-        var rng = new SplitMix64(seed);
-        for (int i = n - 1; i > 0; i--)
-        {
-            int j = (int)(rng.NextUInt64() % (ulong)(i + 1));
-            (p[i], p[j]) = (p[j], p[i]);
-        }
-        return p;
-    }
-
     /// <summary>Carves a held-out part (fraction of n, rounded) out of a dataset; both parts keep their original order.</summary>
     public static (int[] Kept, int[] HeldOut) Carve(int n, double fraction, ulong seed)
     {
@@ -134,7 +95,7 @@ public static class Splits
             throw new DatasetException($"a held-out fraction must be in [0, 1), got {fraction.ToString(CultureInfo.InvariantCulture)}");
         int held = (int)Math.Round(n * fraction);
         if (fraction > 0 && held == 0 && n > 1) held = 1;
-        var perm = Permutation(n, seed);
+        var perm = SplitMix64.Permutation(n, seed);
         var heldOut = perm[..held]; var rest = perm[held..];
         Array.Sort(heldOut); Array.Sort(rest);
         return (rest, heldOut);
@@ -144,7 +105,7 @@ public static class Splits
     public static int[] ApplyLimit(int[] indices, int limit, ulong seed)
     {
         if (limit <= 0 || indices.Length <= limit) return indices;
-        var perm = Permutation(indices.Length, seed);
+        var perm = SplitMix64.Permutation(indices.Length, seed);
         var kept = new int[limit];
         for (int i = 0; i < limit; i++) kept[i] = indices[perm[i]];
         Array.Sort(kept);

@@ -29,6 +29,13 @@ public class Precision : IPrecisionPolicy
     public override string ToString() => Name;
 
     protected static string DtypeName(DataType t) => t == DataType.BFloat16 ? "bf16" : t == DataType.Float16 ? "16" : t.OnnxName();
+
+    /// <summary>The one refusal of a loss scaler with bfloat16 (16-bit policies call it when they are built).</summary>
+    protected static void RefuseBf16Scaler(string policy, DataType t, LossScalerSettings? scaler)
+    {
+        if (t == DataType.BFloat16 && scaler != null)
+            throw new PrecisionException($"{policy} does not use a loss scaler: bfloat16 has fp32's exponent range, so gradients do not underflow");
+    }
 }
 
 /// <summary>
@@ -44,8 +51,7 @@ public sealed class MixedPrecision : Precision
     public MixedPrecision(DataType low, LossScalerSettings? scaler = null, AutocastLists? lists = null, bool defaultScaler = true)
     {
         if (low is not (DataType.Float16 or DataType.BFloat16)) throw new PrecisionException($"mixed precision needs float16 or bfloat16, not {low.OnnxName()}");
-        if (low == DataType.BFloat16 && scaler != null)
-            throw new PrecisionException("bf16-mixed does not use a loss scaler: bfloat16 has fp32's exponent range, so gradients do not underflow");
+        RefuseBf16Scaler(DtypeName(low) + "-mixed", low, scaler);
         ComputeType = low;
         _scaler = scaler ?? (low == DataType.Float16 && defaultScaler ? new LossScalerSettings() : null);
         _scaler?.Validate();
@@ -64,8 +70,6 @@ public sealed class MixedPrecision : Precision
     public override IPrecisionPolicy WithOptions(PrecisionOptions o)
     {
         if (o.Rounding != UpdateRounding.Nearest) throw new PrecisionException($"precision '{Name}' keeps fp32 master weights; update rounding '{o.Rounding}' applies to the true 16-bit policies only");
-        if (ComputeType == DataType.BFloat16 && o.LossScaling == true)
-            throw new PrecisionException("bf16-mixed does not use a loss scaler: bfloat16 has fp32's exponent range, so gradients do not underflow");
         bool scale = o.LossScaling ?? ComputeType == DataType.Float16;
         return new MixedPrecision(ComputeType, scale ? o.Scaler : null, o.Lists ?? _lists, defaultScaler: false);
     }
@@ -81,8 +85,7 @@ public sealed class HalfPrecision : Precision
     public HalfPrecision(DataType t, LossScalerSettings? scaler = null, UpdateRounding rounding = UpdateRounding.Nearest)
     {
         if (t is not (DataType.Float16 or DataType.BFloat16)) throw new PrecisionException($"true half precision needs float16 or bfloat16, not {t.OnnxName()}");
-        if (t == DataType.BFloat16 && scaler != null)
-            throw new PrecisionException("bf16-true does not use a loss scaler: bfloat16 has fp32's exponent range, so gradients do not underflow");
+        RefuseBf16Scaler(DtypeName(t) + "-true", t, scaler);
         scaler?.Validate();
         StorageType = t; LossScaling = scaler; Rounding = rounding;
     }

@@ -31,12 +31,6 @@ public sealed record CompileOptions
     public Abstractions.IPrecisionPolicy? Precision { get; init; }
     /// <summary>Kernels of the target provider: 16-bit nodes it lacks run in fp32 (wrapped in casts). Null = not checked.</summary>
     public IKernelAvailability? Kernels { get; init; }
-    /// <summary>
-    /// With <see cref="Kernels"/>: nodes wrapped in casts (no 16-bit kernel) keep their fp32 results between
-    /// one another instead of rounding each to 16-bit and back. Less faithful to 16-bit compute, but no
-    /// 16-bit copy of every activation next to its fp32 one (see docs/benchmarks.md for the measured effect).
-    /// </summary>
-    public bool FoldFallbackRoundTrips { get; init; }
 }
 
 /// <summary>What <see cref="TrainingCompiler.Compile"/> produces. See docs/artifacts.md for the contract.</summary>
@@ -215,8 +209,8 @@ public static class TrainingCompiler
         var eval = BuildEval(forward, options, opset, logits, labelsType, lt, paramTensors, bufferTensors);
         if (options.Kernels != null)
         {
-            KernelFallback.Apply(train, options.Kernels, options.FoldFallbackRoundTrips);
-            KernelFallback.Apply(eval, options.Kernels, options.FoldFallbackRoundTrips);
+            KernelFallback.Apply(train, options.Kernels);
+            KernelFallback.Apply(eval, options.Kernels);
         }
         // Last: ORT runs a graph depth-first from its leaves, not in file order (see OrtNodeOrder).
         Scheduling.OrtNodeOrder.ForDepthFirstExecution(train.Graph);

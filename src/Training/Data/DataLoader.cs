@@ -111,7 +111,7 @@ public sealed class DataLoader
     {
         int n = _dataset.Count;
         if (!Options.Shuffle) { var id = new int[n]; for (int i = 0; i < n; i++) id[i] = i; return id; }
-        return SampleRandom.Permutation(n, SampleRandom.Hash(Options.Seed, epoch, 0x5045524D));
+        return SplitMix64.Permutation(n, SplitMix64.Hash(Options.Seed, epoch, 0x5045524D, 0));
     }
 
     /// <summary>Transforms one sample exactly as the loader would in the given epoch.</summary>

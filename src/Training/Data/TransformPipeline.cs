@@ -97,7 +97,7 @@ public sealed class TransformPipeline
             sample.Pixels.Length != (long)sample.Width * sample.Height * sample.Channels)
             throw new ArgumentException($"sample {sample.Source}: malformed image ({sample.Width}x{sample.Height}x{sample.Channels}, {sample.Pixels?.Length ?? 0} bytes)");
 
-        var rng = SampleRandom.For(seed, epoch, index);
+        var rng = new SplitMix64(SplitMix64.Hash(seed, epoch, index, 0));
         var o = Options;
         int W = sample.Width, H = sample.Height, S = o.Size;
         Transforms.AxisMap xs, ys;
@@ -117,8 +117,8 @@ public sealed class TransformPipeline
             {
                 int p = o.RandomCropPadding;
                 // torchvision RandomCrop(padding=p): pad, then a uniform offset in the padded image.
-                int top = rng.NextInclusive(0, Math.Max(0, rh + 2 * p - S)) - p;
-                int left = rng.NextInclusive(0, Math.Max(0, rw + 2 * p - S)) - p;
+                int top = rng.Next(0, Math.Max(0, rh + 2 * p - S) + 1) - p;
+                int left = rng.Next(0, Math.Max(0, rw + 2 * p - S) + 1) - p;
                 box = new CropBox(left, top, S, S);
             }
             else box = Transforms.CenterCrop(rw, rh, S, S);

@@ -30,7 +30,7 @@ public static class Transforms
     /// torchvision's RandomResizedCrop.get_params: up to 10 tries of a random area fraction in <paramref name="scale"/>
     /// and a log-uniform aspect ratio in <paramref name="ratio"/>; else a center crop at the nearest allowed ratio.
     /// </summary>
-    public static CropBox RandomResizedCrop(int width, int height, ref SampleRandom rng,
+    public static CropBox RandomResizedCrop(int width, int height, ref SplitMix64 rng,
         (double Min, double Max) scale, (double Min, double Max) ratio)
     {
         double area = (double)width * height;
@@ -43,8 +43,8 @@ public static class Transforms
             int h = (int)Math.Round(Math.Sqrt(targetArea / aspect), MidpointRounding.ToEven);
             if (w > 0 && w <= width && h > 0 && h <= height)
             {
-                int top = rng.NextInclusive(0, height - h);
-                int left = rng.NextInclusive(0, width - w);
+                int top = rng.Next(0, height - h + 1);
+                int left = rng.Next(0, width - w + 1);
                 return new CropBox(left, top, w, h);
             }
         }

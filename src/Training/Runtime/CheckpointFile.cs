@@ -1,4 +1,5 @@
 using System.Buffers.Binary;
+using System.IO.Hashing;
 using System.Text;
 using System.Text.Json;
 using System.Text.Json.Nodes;
@@ -9,16 +10,21 @@ namespace OrtFinetune.Training.Runtime;
 /// <summary>
 /// The checkpoint file format (docs/checkpoint.md): "ORTFTCK1", an int64 header length, a UTF-8 JSON
 /// header (format version, metadata, tensor table), zero padding to 64 bytes, the tensors' raw
-/// little-endian bytes (each 64-byte aligned), and the trailer "ORTFTEND". Written to a temporary file,
-/// flushed to disk and renamed over the target, so a crash leaves the previous checkpoint intact.
+/// little-endian bytes (each 64-byte aligned), the XxHash64 of every byte before it (8 bytes,
+/// little-endian) and the trailer "ORTFTEND". Written to a temporary file, flushed to disk and renamed
+/// over the target, so a crash leaves the previous checkpoint intact. Loading verifies the checksum before
+/// it reads any tensor, so a flipped bit anywhere is an error naming the file.
 /// </summary>
 public sealed class CheckpointFile
 {
-    public const int FormatVersion = 1;
+    /// <summary>Version 2 added the checksum; version 1 files (no checksum) are refused with a message that says so.</summary>
+    public const int FormatVersion = 2;
     static readonly byte[] Magic = "ORTFTCK1"u8.ToArray();
     static readonly byte[] Trailer = "ORTFTEND"u8.ToArray();
     const int Align = 64;
     const long MaxHeader = 64L << 20;
+    /// <summary>Checksum and end marker: the last 16 bytes of the file.</summary>
+    const int FooterLength = 16;
 
     /// <summary>Tensors in file order.</summary>
     public List<Tensor> Tensors { get; } = new();
@@ -54,18 +60,23 @@ public sealed class CheckpointFile
         {
             using (var fs = new FileStream(tmp, FileMode.Create, FileAccess.Write, FileShare.None, 1 << 20))
             {
-                fs.Write(Magic);
-                Span<byte> len = stackalloc byte[8];
-                BinaryPrimitives.WriteInt64LittleEndian(len, headerBytes.Length);
-                fs.Write(len);
-                fs.Write(headerBytes);
-                Pad(fs);
+                var hash = new XxHash64();
+                void Write(ReadOnlySpan<byte> bytes) { fs.Write(bytes); hash.Append(bytes); }
+                void PadTo(long from) => Write(new byte[(int)((Align - (fs.Position - from) % Align) % Align)]);
+                Write(Magic);
+                Span<byte> word = stackalloc byte[8];
+                BinaryPrimitives.WriteInt64LittleEndian(word, headerBytes.Length);
+                Write(word);
+                Write(headerBytes);
+                PadTo(0);
                 long dataStart = fs.Position;
                 foreach (var t in Tensors)
                 {
-                    while ((fs.Position - dataStart) % Align != 0) fs.WriteByte(0);
-                    fs.Write(t.RawData.Span);
+                    PadTo(dataStart);
+                    Write(t.RawData.Span);
                 }
+                BinaryPrimitives.WriteUInt64LittleEndian(word, hash.GetCurrentHashAsUInt64());
+                fs.Write(word);
                 fs.Write(Trailer);
                 fs.Flush(true);
             }
@@ -98,7 +109,6 @@ public sealed class CheckpointFile
         }
     }
 
-    static void Pad(Stream s) { while (s.Position % Align != 0) s.WriteByte(0); }
     static void TryDelete(string p) { try { File.Delete(p); } catch (IOException) { } }
 
     public static CheckpointFile Load(string path)
@@ -107,10 +117,10 @@ public sealed class CheckpointFile
         using var fs = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read, 1 << 20);
         long fileLength = fs.Length;
         var head = new byte[16];
-        if (fileLength < head.Length + Trailer.Length || fs.Read(head) != head.Length || !head.AsSpan(0, 8).SequenceEqual(Magic))
+        if (fileLength < head.Length + FooterLength || fs.Read(head) != head.Length || !head.AsSpan(0, 8).SequenceEqual(Magic))
             throw new CheckpointException($"{path}: not an OrtFinetune checkpoint (bad magic)");
         long headerLength = BinaryPrimitives.ReadInt64LittleEndian(head.AsSpan(8));
-        if (headerLength <= 0 || headerLength > MaxHeader || 16 + headerLength > fileLength)
+        if (headerLength <= 0 || headerLength > MaxHeader || 16 + headerLength > fileLength - FooterLength)
             throw new CheckpointException($"{path}: corrupt checkpoint (header length {headerLength})");
         var hb = new byte[headerLength];
         fs.ReadExactly(hb);
@@ -120,8 +130,17 @@ public sealed class CheckpointFile
         int format;
         try { format = header?["format"]?.GetValue<int>() ?? -1; }
         catch (Exception e) when (e is InvalidOperationException or FormatException) { throw new CheckpointException($"{path}: corrupt checkpoint header ({e.Message})", e); }
+        if (format == 1)
+            throw new CheckpointException($"{path}: checkpoint format version 1 (written before checkpoints carried a checksum) is not supported; this build reads version {FormatVersion}: resume it with the build that wrote it, or start the run again");
         if (format != FormatVersion)
             throw new CheckpointException($"{path}: checkpoint format version {format} is not supported (this build reads version {FormatVersion})");
+        var footer = new byte[FooterLength];
+        fs.Seek(fileLength - FooterLength, SeekOrigin.Begin);
+        fs.ReadExactly(footer);
+        if (!footer.AsSpan(8).SequenceEqual(Trailer)) throw new CheckpointException($"{path}: checkpoint is truncated (no end marker)");
+        ulong stored = BinaryPrimitives.ReadUInt64LittleEndian(footer), actual = Checksum(fs, fileLength - FooterLength);
+        if (stored != actual)
+            throw new CheckpointException($"{path}: checkpoint is corrupt (checksum {actual:x16} does not match the stored {stored:x16}); the file was damaged after it was written");
         long dataStart = (16 + headerLength + Align - 1) / Align * Align;
         var ck = new CheckpointFile();
         try
@@ -133,11 +152,7 @@ public sealed class CheckpointFile
         {
             throw new CheckpointException($"{path}: corrupt checkpoint metadata ({e.Message})", e);
         }
-        var trailer = new byte[Trailer.Length];
-        fs.Seek(fileLength - Trailer.Length, SeekOrigin.Begin);
-        fs.ReadExactly(trailer);
-        if (!trailer.AsSpan().SequenceEqual(Trailer)) throw new CheckpointException($"{path}: checkpoint is truncated (no end marker)");
-        long dataEnd = fileLength - Trailer.Length;
+        long dataEnd = fileLength - FooterLength;
         try
         {
             foreach (var e in header["tensors"]!.AsArray())
@@ -163,6 +178,22 @@ public sealed class CheckpointFile
             throw new CheckpointException($"{path}: corrupt checkpoint tensor table ({e.Message})", e);
         }
         return ck;
+    }
+
+    /// <summary>XxHash64 of the first <paramref name="length"/> bytes of the file.</summary>
+    static ulong Checksum(FileStream fs, long length)
+    {
+        var hash = new XxHash64();
+        var buf = new byte[1 << 20];
+        fs.Seek(0, SeekOrigin.Begin);
+        for (long left = length; left > 0;)
+        {
+            int n = (int)Math.Min(buf.Length, left);
+            fs.ReadExactly(buf, 0, n);
+            hash.Append(buf.AsSpan(0, n));
+            left -= n;
+        }
+        return hash.GetCurrentHashAsUInt64();
     }
 }
 

@@ -18,13 +18,6 @@ public class OptimizerParityTests(ITestOutputHelper log)
 {
     public static TheoryData<string> Cases => new() { "sgd_plain", "sgd_momentum", "sgd_nesterov", "sgd_dampening", "adam", "adamw", "adamw_clip" };
 
-    static double RelErr(ReadOnlySpan<float> ours, double[] torch)
-    {
-        double num = 0, den = 0;
-        for (int i = 0; i < torch.Length; i++) { num += (ours[i] - torch[i]) * (ours[i] - torch[i]); den += torch[i] * torch[i]; }
-        return Math.Sqrt(num) / Math.Max(Math.Sqrt(den), 1e-30);
-    }
-
     [Theory, MemberData(nameof(Cases))]
     public void MatchesTorchOptim(string name) => Check(name, skipNonFinite: true, bucketBytes: 0);
 

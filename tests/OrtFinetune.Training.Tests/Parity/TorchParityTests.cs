@@ -17,13 +17,6 @@ public class TorchParityTests(ITestOutputHelper log)
 
     const double Tolerance = 1e-4;
 
-    static double RelErr(double[] ours, double[] torch)
-    {
-        double num = 0, den = 0;
-        for (int i = 0; i < torch.Length; i++) { num += (ours[i] - torch[i]) * (ours[i] - torch[i]); den += torch[i] * torch[i]; }
-        return Math.Sqrt(num) / Math.Max(Math.Sqrt(den), 1e-30);
-    }
-
     [Theory, MemberData(nameof(Cases))]
     public void LossAndGradientsMatchPyTorch(string name)
     {

@@ -184,12 +184,20 @@ public class TrainerTests(ITestOutputHelper log) : IDisposable
         Assert.Contains("not an OrtFinetune checkpoint", Assert.Throws<CheckpointException>(() => t.LoadCheckpoint(junk)).Message);
         var version = (byte[])bytes.Clone();
         var text = System.Text.Encoding.ASCII.GetString(version, 16, 40);
-        var at = text.IndexOf("\"format\":1", StringComparison.Ordinal);
+        var at = text.IndexOf("\"format\":2", StringComparison.Ordinal);
         Assert.True(at >= 0, text);
         version[16 + at + 9] = (byte)'9';
         var v9 = Path.Combine(_dir, "v9.ckpt");
         File.WriteAllBytes(v9, version);
         Assert.Contains("format version 9", Assert.Throws<CheckpointException>(() => t.LoadCheckpoint(v9)).Message);
+        // Version 1 was this layout without the checksum before the end marker: refused, naming the version.
+        version[16 + at + 9] = (byte)'1';
+        var v1 = Path.Combine(_dir, "v1.ckpt");
+        File.WriteAllBytes(v1, [.. version[..^16], .. version[^8..]]);
+        var e1 = Assert.Throws<CheckpointException>(() => t.LoadCheckpoint(v1)).Message;
+        Assert.Contains("v1.ckpt", e1);
+        Assert.Contains("format version 1", e1);
+        Assert.Contains("checksum", e1);
         t.LoadCheckpoint(path);
     }
 
@@ -221,6 +229,15 @@ public class TrainerTests(ITestOutputHelper log) : IDisposable
         }
         foreach (var name in a.ParameterNames)
             Assert.Equal(a.GetParameter(name).ToFloats(), b.GetParameter(name).ToFloats());
+    }
+
+    [Fact]
+    public void Bf16SupportIsReadFromTheCudaDevice()
+    {
+        Assert.False(CudaCapability.HasBf16(DeviceSpec.Cpu));
+        // Without a CUDA runtime (these machines) there is no answer, never an exception; with one, a real compute capability.
+        if (CudaCapability.Of(0) is { } cc) Assert.InRange(cc.Major, 3, 20);
+        else Assert.False(CudaCapability.HasBf16(DeviceSpec.Parse("cuda:0")));
     }
 
     [Fact]

@@ -5,9 +5,7 @@ namespace OrtFinetune.Training.Compiler.Precision;
 /// <summary>
 /// Removes redundant casts: a Cast to the type its input already has; a Cast back of a lossless
 /// widening cast (fp16/bf16 -> fp32 -> fp16/bf16 is the identity); duplicate Casts of one value to one
-/// type. With <c>foldLossy</c> also fp32 -> 16-bit -> fp32 when the outer Cast is one it accepts (used for
-/// the casts of kernel fallback, where the 16-bit value only existed because a provider lacks a kernel:
-/// skipping the rounding keeps more precision; casts that round on purpose, e.g. Kahan's, are never folded). Casts that
+/// type. A lossy round trip (fp32 -> 16-bit -> fp32) is kept: its rounding is the 16-bit compute. Casts that
 /// name a graph output are kept. With <c>keepApart</c> a duplicate is merged only while the first cast's result is
 /// still read at or after the duplicate's position: in a training graph a forward Cast and its backward twin
 /// stay two nodes, so the cast result is not kept alive from the forward to the backward (the backward recasts
@@ -15,7 +13,7 @@ namespace OrtFinetune.Training.Compiler.Precision;
 /// </summary>
 public static class CastCleanup
 {
-    public static int Run(Graph g, Func<Node, bool>? foldLossy = null, bool keepApart = false)
+    public static int Run(Graph g, bool keepApart = false)
     {
         int removed = 0;
         var outputs = g.Outputs.Select(o => o.Name).ToHashSet();
@@ -43,7 +41,7 @@ public static class CastCleanup
                 {
                     var src = p.Input(0);
                     var st = g.TypeOf(src)?.ElemType;
-                    if (st == to && xt is { } mid && (Lossless(to, mid) || foldLossy?.Invoke(n) == true)) { replace[n.Output(0)] = src; continue; }
+                    if (st == to && xt is { } mid && Lossless(to, mid)) { replace[n.Output(0)] = src; continue; }
                 }
                 if (seen.TryGetValue((x, (long)to), out var first)
                     && (!keepApart || outputs.Contains(first) || lastRead.GetValueOrDefault(first, -1) >= at))

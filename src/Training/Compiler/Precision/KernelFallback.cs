@@ -7,15 +7,14 @@ namespace OrtFinetune.Training.Compiler.Precision;
 /// Makes a finished graph (training, eval, optimizer or inference) loadable on a provider without
 /// silent fallbacks: every node that computes in a 16-bit type the provider has no kernel for is
 /// wrapped in casts (16-bit inputs cast to fp32, outputs cast back), so it runs in fp32 on the same
-/// device. By default each wrapped node's outputs are still rounded to 16-bit (faithful to 16-bit compute,
-/// and activations kept for backward stay 16-bit); <c>foldRoundTrips</c> drops the fp32 -> 16-bit -> fp32
-/// round trips between wrapped nodes instead (more precision, more fp32 activations).
+/// device. Each wrapped node's outputs are still rounded to 16-bit (faithful to 16-bit compute, and
+/// activations kept for backward stay 16-bit).
 /// </summary>
 public static class KernelFallback
 {
     public sealed record Result(int Wrapped, IReadOnlyDictionary<string, int> WrappedByOp);
 
-    public static Result Apply(Model model, IKernelAvailability kernels, bool foldRoundTrips = false)
+    public static Result Apply(Model model, IKernelAvailability kernels)
     {
         var g = model.Graph;
         ShapeInference.Infer(model);
@@ -62,7 +61,7 @@ public static class KernelFallback
         if (wrapped > 0)
         {
             // keepApart: a value read in the forward and in the backward gets a cast in each, not one fp32 copy kept in between.
-            CastCleanup.Run(g, foldRoundTrips ? n => n.Name.StartsWith("fallback/Cast", StringComparison.Ordinal) : null, keepApart: true);
+            CastCleanup.Run(g, keepApart: true);
             g.SortTopologically();
         }
         return new Result(wrapped, byOp);

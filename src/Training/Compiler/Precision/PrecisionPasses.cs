@@ -7,9 +7,8 @@ namespace OrtFinetune.Training.Compiler.Precision;
 public sealed class PrecisionPasses(IKernelAvailability? kernels = null) : IPrecisionPasses
 {
     public IKernelAvailability Kernels { get; } = kernels ?? AllKernels.Instance;
-    public AutocastPass.Result? LastAutocast { get; private set; }
 
-    public void Autocast(Model forward, DataType low, AutocastLists lists) => LastAutocast = AutocastPass.Run(forward, low, lists, Kernels);
+    public void Autocast(Model forward, DataType low, AutocastLists lists) => AutocastPass.Run(forward, low, lists, Kernels);
     public void ConvertTo(Model forward, DataType storage) => ConvertPass.Run(forward, storage);
 }
 

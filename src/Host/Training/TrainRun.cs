@@ -222,7 +222,7 @@ public sealed class TrainRun(TrainSettings s, PluginCatalog catalog, ILogger log
                         {
                             ["step"] = trainer.Step, ["epoch"] = epoch + 1, ["loss"] = Finite(r.Loss), ["lr"] = trainer.LearningRate, ["grad_norm"] = Finite(o.GradNorm),
                             ["train_accuracy"] = seen > 0 ? (double)correct / seen : null, ["samples_per_second"] = samples / trainClock.Elapsed.TotalSeconds,
-                            ["elapsed_seconds"] = total.Elapsed.TotalSeconds,
+                            ["elapsed_seconds"] = total.Elapsed.TotalSeconds, ["loss_scale"] = trainer.Scaler != null ? o.LossScale : null,
                         });
                     if (s.CheckpointEvery > 0 && trainer.Step % s.CheckpointEvery == 0) trainer.SaveCheckpoint(run.LastCheckpoint, State(epoch, batchIndex));
                     if (ct.IsCancellationRequested) { interrupted = true; break; }
@@ -260,11 +260,12 @@ public sealed class TrainRun(TrainSettings s, PluginCatalog catalog, ILogger log
             ["final_loss"] = Finite(lastLoss), ["skipped_steps"] = trainer.Scaler?.SkippedSteps ?? 0, ["loss_scale"] = trainer.Scaler?.Scale, ["loader_wait_seconds"] = Math.Round(train.WaitSeconds, 2),
             ["checkpoint"] = run.LastCheckpoint, ["exported_model"] = run.ExportedModel,
         };
-        run.WriteJson("summary.json", summary);
+        var curves = run.Finish(summary);   // summary.json; the test metrics to every logger; curves.png
         Console.WriteLine();
         Console.WriteLine($"test accuracy {t.Top1:P2} (top-5 {t.Top5:P2}), test loss {t.Loss:F4}");
         Console.WriteLine($"throughput {samples / trainSeconds:F1} images/s over {trainSeconds:F1} s, peak memory {summary["peak_memory_mb"]} MB");
         Console.WriteLine($"run folder: {run.Path}");
+        if (curves != null) Console.WriteLine($"curves: {curves}");
         return ExitCodes.Ok;
     }
 

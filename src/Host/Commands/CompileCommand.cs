@@ -31,10 +31,17 @@ public static class CompileCommand
         var eps = new Option<double>("--eps") { DefaultValueFactory = _ => 1e-8 };
         var maxNorm = new Option<double?>("--max-grad-norm") { Description = "Clip gradients to this global L2 norm" };
         var noDecay = new Option<string[]>("--no-decay") { Description = "Parameters without weight decay (globs; default: tensors with fewer than 2 dimensions)", AllowMultipleArgumentsPerToken = true };
+        var layout = new Option<string>("--optimizer-layout")
+        {
+            Description = "Optimizer inputs: 'buckets' (flat buffers of parameters of one dtype and weight-decay group; layout in artifacts.json) or 'per-parameter' (one input per tensor)",
+            DefaultValueFactory = _ => "buckets",
+        };
+        layout.AcceptOnlyFromAmong("buckets", "per-parameter");
+        var bucketBytes = new Option<long>("--bucket-bytes") { Description = "Largest bucket, in bytes counted as fp32 (with --optimizer-layout buckets)", DefaultValueFactory = _ => OptimizerBuilder.DefaultBucketBytes };
         var cmd = new Command("compile", "Compile a forward ONNX model into training and eval models (standard ONNX ops only).")
         {
             model, output, smoothing, ignore, reduction, trainable, freeze, logits, accumulation,
-            optimizer, weightDecay, momentum, nesterov, beta1, beta2, eps, maxNorm, noDecay,
+            optimizer, weightDecay, momentum, nesterov, beta1, beta2, eps, maxNorm, noDecay, layout, bucketBytes,
         };
         cmd.SetAction(r =>
         {
@@ -53,6 +60,7 @@ public static class CompileCommand
                 Type = r.GetValue(optimizer)!, WeightDecay = r.GetValue(weightDecay), Momentum = r.GetValue(momentum), Nesterov = r.GetValue(nesterov),
                 Beta1 = r.GetValue(beta1), Beta2 = r.GetValue(beta2), Eps = r.GetValue(eps), MaxGradNorm = r.GetValue(maxNorm),
                 NoDecay = r.GetValue(noDecay) is { Length: > 0 } nd ? nd : null,
+                BucketBytes = r.GetValue(layout) == "per-parameter" ? 0 : r.GetValue(bucketBytes),
             };
             return Run(m.FullName, outDir, options, optim);
         });
@@ -71,11 +79,13 @@ public static class CompileCommand
             var art = TrainingCompiler.Compile(forward, options);
             var compileTime = sw.Elapsed - loadTime;
             var optimModel = OptimizerBuilder.Build(art.Parameters, optimizer, art.TrainingModel.OpsetOf(""));
-            ArtifactWriter.Write(art, outDir, modelPath, optimModel);
+            ArtifactWriter.Write(art, outDir, modelPath, optimModel, optimizer);
             long elements = art.Parameters.Sum(p => p.ElementCount);
             Console.WriteLine($"compiled {Path.GetFileName(modelPath)} -> {outDir}");
             Console.WriteLine($"  trainable parameters: {art.Parameters.Count} tensors, {elements:N0} values; frozen: {art.FrozenParameters.Count}; state buffers: {art.Buffers.Count}");
-            Console.WriteLine($"  optimizer: {optimizer.Type}{(optimizer.MaxGradNorm is double n ? $", clip at {n}" : "")}; gradient accumulation: {(art.HasAccumulation ? "yes" : "no")}");
+            var buckets = OptimizerBucket.Read(optimModel);
+            var layoutText = buckets.Count > 0 ? $"{buckets.Count} bucket{(buckets.Count == 1 ? "" : "s")}" : "per parameter";
+            Console.WriteLine($"  optimizer: {optimizer.Type}{(optimizer.MaxGradNorm is double n ? $", clip at {n}" : "")} ({layoutText}); gradient accumulation: {(art.HasAccumulation ? "yes" : "no")}");
             Console.WriteLine($"  nodes: forward {forward.Graph.Nodes.Count}, training {art.TrainingModel.Graph.Nodes.Count}, eval {art.EvalModel.Graph.Nodes.Count}");
             Console.WriteLine($"  time: load {loadTime.TotalSeconds:F2} s, compile {compileTime.TotalSeconds:F2} s, write {(sw.Elapsed - loadTime - compileTime).TotalSeconds:F2} s");
             return 0;

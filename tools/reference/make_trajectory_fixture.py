@@ -13,7 +13,6 @@ dimensions). Writes trajectory.json: the settings and the loss of every step (be
 import argparse
 import json
 import os
-import struct
 import sys
 
 import numpy as np
@@ -21,23 +20,10 @@ import torch
 from torchvision.models.vision_transformer import VisionTransformer
 
 sys.path.insert(0, os.path.dirname(__file__))
+from _safetensors import read_safetensors  # noqa: E402
 from make_vit_fixtures import CONFIG, DEFAULT_OUT  # noqa: E402
 
 SETTINGS = dict(batch=4, steps=10, lr=1e-3, weight_decay=0.05, betas=[0.9, 0.999], eps=1e-8)
-
-
-def read_safetensors(path):
-    with open(path, "rb") as f:
-        n = struct.unpack("<Q", f.read(8))[0]
-        header = json.loads(f.read(n))
-        data = f.read()
-    out = {}
-    for name, e in header.items():
-        if name == "__metadata__":
-            continue
-        a, b = e["data_offsets"]
-        out[name] = torch.from_numpy(np.frombuffer(data[a:b], dtype=np.float32).reshape(e["shape"]).copy())
-    return out
 
 
 def main():
@@ -46,7 +32,7 @@ def main():
     args = ap.parse_args()
     torch.set_num_threads(1)
     model = VisionTransformer(**CONFIG, dropout=0.0, attention_dropout=0.0)
-    model.load_state_dict(read_safetensors(os.path.join(args.out, "weights.safetensors")))
+    model.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in read_safetensors(os.path.join(args.out, "weights.safetensors")).items()})
     model.train()
     decay = [p for p in model.parameters() if p.ndim >= 2]
     no_decay = [p for p in model.parameters() if p.ndim < 2]

@@ -25,40 +25,18 @@ runs single-threaded, so a re-run gives byte-identical files.
 import argparse
 import json
 import os
-import struct
 
 import numpy as np
 import torch
 from torchvision.models.vision_transformer import VisionTransformer
+
+from _safetensors import write_safetensors
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 DEFAULT_OUT = os.path.join(REPO, "tests", "fixtures", "vit")
 
 CONFIG = dict(image_size=32, patch_size=8, num_layers=2, num_heads=3, hidden_dim=48, mlp_dim=96, num_classes=10)
 BATCH = 4
-
-
-def write_safetensors(path, tensors, metadata=None):
-    """tensors: list of (name, np.ndarray float32/float16/float64)."""
-    dtypes = {np.dtype("float32"): "F32", np.dtype("float16"): "F16", np.dtype("float64"): "F64", np.dtype("int64"): "I64"}
-    header = {}
-    blobs = []
-    offset = 0
-    for name, arr in tensors:
-        arr = np.ascontiguousarray(arr)
-        data = arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes()
-        header[name] = {"dtype": dtypes[arr.dtype], "shape": list(arr.shape), "data_offsets": [offset, offset + len(data)]}
-        blobs.append(data)
-        offset += len(data)
-    if metadata:
-        header["__metadata__"] = {k: str(v) for k, v in metadata.items()}
-    text = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    text += b" " * ((8 - len(text) % 8) % 8)  # pad so the data section is 8-byte aligned, as the reference writer does
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(text)))
-        f.write(text)
-        for b in blobs:
-            f.write(b)
 
 
 def main():

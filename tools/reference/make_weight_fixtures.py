@@ -35,7 +35,6 @@ import argparse
 import json
 import os
 import shutil
-import struct
 from functools import partial
 
 import numpy as np
@@ -43,50 +42,12 @@ import torch
 import torch.nn.functional as F
 from torchvision.models.vision_transformer import VisionTransformer
 
+from _safetensors import read_safetensors, write_safetensors
+
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 DEFAULT_OUT = os.path.join(REPO, "tests", "fixtures", "weights")
 CONFIG = dict(image_size=16, patch_size=4, num_layers=2, num_heads=2, hidden_dim=32, mlp_dim=48, num_classes=5)
 BATCH = 3
-
-
-def write_safetensors(path, tensors, metadata=None):
-    # bfloat16 tensors are passed as uint16 arrays of their bits (numpy has no bfloat16).
-    dtypes = {np.dtype("float32"): "F32", np.dtype("float16"): "F16", np.dtype("int64"): "I64", np.dtype("uint16"): "BF16"}
-    header, blobs, offset = {}, [], 0
-    for name, arr in tensors:
-        arr = np.ascontiguousarray(arr)
-        data = arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes()
-        header[name] = {"dtype": dtypes[arr.dtype], "shape": list(arr.shape), "data_offsets": [offset, offset + len(data)]}
-        blobs.append(data)
-        offset += len(data)
-    if metadata:
-        header["__metadata__"] = {k: str(v) for k, v in metadata.items()}
-    text = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    text += b" " * ((8 - len(text) % 8) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(text)))
-        f.write(text)
-        for b in blobs:
-            f.write(b)
-    return offset
-
-
-def read_safetensors(path):
-    with open(path, "rb") as f:
-        n = struct.unpack("<Q", f.read(8))[0]
-        header = json.loads(f.read(n))
-        data = f.read()
-    out = {}
-    for k, v in header.items():
-        if k == "__metadata__":
-            continue
-        dt = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16}[v["dtype"]]
-        b, e = v["data_offsets"]
-        a = np.frombuffer(data[b:e], dtype=dt).reshape(v["shape"])
-        if v["dtype"] == "BF16":
-            a = (a.astype(np.uint32) << 16).view(np.float32)
-        out[k] = a
-    return out
 
 
 def make_model(eps=1e-6, image_size=CONFIG["image_size"]):

@@ -37,6 +37,11 @@ public sealed record CompileOptions
     /// 16-bit copy of every activation next to its fp32 one (see docs/benchmarks.md for the measured effect).
     /// </summary>
     public bool FoldFallbackRoundTrips { get; init; }
+    /// <summary>
+    /// Attention probabilities (Softmax of a product) are recomputed in the backward from the product's inputs instead of
+    /// being kept from the forward (see Fusion.AttentionRecompute). On by default.
+    /// </summary>
+    public bool RecomputeAttention { get; init; } = true;
 }
 
 /// <summary>What <see cref="TrainingCompiler.Compile"/> produces. See docs/artifacts.md for the contract.</summary>
@@ -153,10 +158,12 @@ public static class TrainingCompiler
         }
         // Composite patterns whose gradient needs fewer forward values than their nodes' rules would keep
         // (erf GELU: x alone): fused for autodiff only, the forward keeps the model's own nodes.
+        var forwardNodes = new HashSet<Node>(g.Nodes, ReferenceEqualityComparer.Instance);
         var gelus = (registry ?? GradientRegistry.Default).Find(Fusion.ErfGeluFusion.Domain, Fusion.ErfGeluFusion.OpType) != null
             ? Fusion.ErfGeluFusion.Fuse(g) : new Fusion.ErfGeluFusion.Fused();
         var grads = Autodiff.Autodiff.Differentiate(g, opset, TrainingArtifacts.LossOutput, parameters, registry, seed);
         Fusion.ErfGeluFusion.Unfuse(g, gelus);
+        if (options.RecomputeAttention) Fusion.AttentionRecompute.Apply(g, forwardNodes, opset);
         var accInputs = new List<ValueInfo>();
         if (options.GradientAccumulation)
         {

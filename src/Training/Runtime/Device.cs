@@ -169,7 +169,7 @@ public sealed record DeviceSpec(string Kind, int Index)
     public long RuntimeAllowanceBytes => IsCuda ? CudaRuntimeAllowance : CpuRuntimeAllowance;
 
     const long CpuRuntimeAllowance = 300L << 20;
-    const long CudaRuntimeAllowance = 1200L << 20;
+    const long CudaRuntimeAllowance = 1400L << 20;
 
     public OrtMemoryInfo MemoryInfo() => IsCuda
         ? new OrtMemoryInfo(OrtMemoryInfo.allocatorCUDA, OrtAllocatorType.ArenaAllocator, Index, OrtMemType.Default)

@@ -63,4 +63,40 @@ public class MemoryModelTests(ITestOutputHelper log)
         var line = File.ReadLines("/proc/self/status").First(l => l.StartsWith(key + ":", StringComparison.Ordinal));
         return long.Parse(line.Split((char[])[' ', '\t'], StringSplitOptions.RemoveEmptyEntries)[1]) * 1024;
     }
+
+    sealed class Bf16Mixed : OrtFinetune.Abstractions.IPrecisionPolicy
+    {
+        public string Name => "bf16-mixed";
+        public IReadOnlyList<string> Aliases => [];
+        public string Description => "test policy: autocast to bfloat16";
+        public OrtFinetune.Onnx.DataType ComputeType => OrtFinetune.Onnx.DataType.BFloat16;
+        public OrtFinetune.Onnx.DataType StorageType => OrtFinetune.Onnx.DataType.Float;
+        public OrtFinetune.Abstractions.LossScalerSettings? LossScaling => null;
+        public OrtFinetune.Abstractions.UpdateRounding Rounding => OrtFinetune.Abstractions.UpdateRounding.Nearest;
+        public void ConvertForward(OrtFinetune.Onnx.Model forward, OrtFinetune.Abstractions.IPrecisionPasses passes) => passes.Autocast(forward, OrtFinetune.Onnx.DataType.BFloat16, new OrtFinetune.Abstractions.AutocastLists());
+        public OrtFinetune.Abstractions.IPrecisionPolicy WithOptions(OrtFinetune.Abstractions.PrecisionOptions options) => this;
+    }
+
+    /// <summary>
+    /// Mixed policies on the CPU (no 16-bit matrix kernels): with CompileOptions.LowPrecisionActivations the activations at
+    /// the step's peak drop to at most 0.75x those of 32-true (measured by the memory model: 0.73x; without it 1.00x; issue
+    /// 11's target, 0.6x, is not reached yet). ViT-B/16 geometry (12 layers, d 768), batch 8.
+    /// </summary>
+    [Fact]
+    public void MixedActivationsWithLowPrecisionActivationsAreAtMostThreeQuartersOfFp32()
+    {
+        var model = VitBuilder.Build(new VitConfig { ImageSize = 224, PatchSize = 16, Layers = 12, Heads = 12, Hidden = 768, MlpDim = 3072, NumClasses = 1000 }, seed: 1);
+        var kernels = KernelProbe.For(DeviceSpec.Cpu);
+        long Peak(OrtFinetune.Abstractions.IPrecisionPolicy? p, bool low)
+        {
+            var e = MemoryModel.Predict(TrainingCompiler.Compile(model,
+                new CompileOptions { GradientAccumulation = true, Precision = p, Kernels = kernels, LowPrecisionActivations = low }).TrainingModel, null, 8);
+            log.WriteLine($"{p?.Name ?? "32-true"}{(low ? ", 16-bit activations" : "")}: peak at {e.PeakNode}; largest: " + string.Join(", ", e.LargestAtPeak.Select(x => FormattableString.Invariant($"{x.Value} {x.Bytes / 1048576.0:F1}"))));
+            return e.ActivationPeakBytes;
+        }
+        long full = Peak(null, false), mixed = Peak(new Bf16Mixed(), false), low = Peak(new Bf16Mixed(), true);
+        log.WriteLine($"activations at the peak: 32-true {full / 1048576.0:F0} MiB, bf16-mixed {mixed / 1048576.0:F0} MiB ({(double)mixed / full:F2}x), with 16-bit activations {low / 1048576.0:F0} MiB ({(double)low / full:F2}x)");
+        Assert.Equal(full, mixed);
+        Assert.True(low <= 0.75 * full, $"{(double)low / full:F2}x");
+    }
 }

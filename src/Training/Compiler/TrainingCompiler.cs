@@ -42,6 +42,13 @@ public sealed record CompileOptions
     /// being kept from the forward (see Fusion.AttentionRecompute). On by default.
     /// </summary>
     public bool RecomputeAttention { get; init; } = true;
+    /// <summary>
+    /// With <see cref="Kernels"/> and a mixed policy: autocast's 16-bit ops stay 16-bit in the graph where the provider
+    /// lacks the kernel, computed in fp32 between casts by the kernel fallback, so that the activations kept for the
+    /// backward are 16-bit as autocast keeps them (CPU: about half the activation memory, at the cost of the casts).
+    /// Off by default.
+    /// </summary>
+    public bool LowPrecisionActivations { get; init; }
 }
 
 /// <summary>What <see cref="TrainingCompiler.Compile"/> produces. See docs/artifacts.md for the contract.</summary>
@@ -90,7 +97,7 @@ public static class TrainingCompiler
         if (options.Precision != null)
         {
             forward = forward.Clone();
-            options.Precision.ConvertForward(forward, new PrecisionPasses(options.Kernels));
+            options.Precision.ConvertForward(forward, new PrecisionPasses(options.Kernels, options.LowPrecisionActivations && options.Kernels != null));
         }
         long opset = forward.OpsetOf("");
         if (opset < MinOpset)

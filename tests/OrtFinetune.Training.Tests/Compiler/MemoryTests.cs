@@ -144,4 +144,33 @@ public class MemoryTests(ITestOutputHelper log)
         Assert.True(b.ActivationPeakBytes < a.ActivationPeakBytes);
         Assert.Equal(a.PersistentBytes, b.PersistentBytes);
     }
+
+    sealed class Bf16Mixed : OrtFinetune.Abstractions.IPrecisionPolicy
+    {
+        public string Name => "bf16-mixed";
+        public IReadOnlyList<string> Aliases => [];
+        public string Description => "test policy: autocast to bfloat16";
+        public DataType ComputeType => DataType.BFloat16;
+        public DataType StorageType => DataType.Float;
+        public OrtFinetune.Abstractions.LossScalerSettings? LossScaling => null;
+        public OrtFinetune.Abstractions.UpdateRounding Rounding => OrtFinetune.Abstractions.UpdateRounding.Nearest;
+        public void ConvertForward(Model forward, OrtFinetune.Abstractions.IPrecisionPasses passes) => passes.Autocast(forward, DataType.BFloat16, new OrtFinetune.Abstractions.AutocastLists());
+        public OrtFinetune.Abstractions.IPrecisionPolicy WithOptions(OrtFinetune.Abstractions.PrecisionOptions options) => this;
+    }
+
+    /// <summary>
+    /// On the CPU (no 16-bit matrix kernels) a mixed policy's training graph is the fp32 graph unless autocast keeps its
+    /// 16-bit ops and the kernel fallback computes them between casts (CompileOptions.LowPrecisionActivations): then the
+    /// activations kept for the backward are 16-bit. Activations at the step's peak (memory model), ViT fixture.
+    /// </summary>
+    [Fact]
+    public void LowPrecisionActivationsHalveTheMixedPolicysActivationsOnTheCpu()
+    {
+        var kernels = KernelProbe.For(DeviceSpec.Cpu);
+        long Peak(OrtFinetune.Abstractions.IPrecisionPolicy? p, bool low) => MemoryModel.Predict(TrainingCompiler.Compile(VitSmall(),
+            new CompileOptions { GradientAccumulation = true, Precision = p, Kernels = kernels, LowPrecisionActivations = low }).TrainingModel, null, 4).ActivationPeakBytes;
+        long full = Peak(null, false), mixed = Peak(new Bf16Mixed(), false), low = Peak(new Bf16Mixed(), true);
+        log.WriteLine($"activations at the peak: 32-true {full / 1024.0:F0} KiB, bf16-mixed {mixed / 1024.0:F0} KiB ({(double)mixed / full:F2}x), with 16-bit activations {low / 1024.0:F0} KiB ({(double)low / full:F2}x)");
+        Assert.True(low < mixed);
+    }
 }

@@ -79,11 +79,11 @@ public class MemoryModelTests(ITestOutputHelper log)
 
     /// <summary>
     /// Mixed policies on the CPU (no 16-bit matrix kernels): with CompileOptions.LowPrecisionActivations the activations at
-    /// the step's peak drop to at most 0.75x those of 32-true (measured by the memory model: 0.73x; without it 1.00x; issue
-    /// 11's target, 0.6x, is not reached yet). ViT-B/16 geometry (12 layers, d 768), batch 8.
+    /// the step's peak drop to at most 0.66x those of 32-true (memory model: 0.64x; without it 1.00x; issue 11's target,
+    /// 0.6x, is not reached yet). ViT-B/16 geometry (12 layers, d 768), batch 8.
     /// </summary>
     [Fact]
-    public void MixedActivationsWithLowPrecisionActivationsAreAtMostThreeQuartersOfFp32()
+    public void MixedActivationsWithLowPrecisionActivationsAreAtMostTwoThirdsOfFp32()
     {
         var model = VitBuilder.Build(new VitConfig { ImageSize = 224, PatchSize = 16, Layers = 12, Heads = 12, Hidden = 768, MlpDim = 3072, NumClasses = 1000 }, seed: 1);
         var kernels = KernelProbe.For(DeviceSpec.Cpu);
@@ -97,6 +97,6 @@ public class MemoryModelTests(ITestOutputHelper log)
         long full = Peak(null, false), mixed = Peak(new Bf16Mixed(), false), low = Peak(new Bf16Mixed(), true);
         log.WriteLine($"activations at the peak: 32-true {full / 1048576.0:F0} MiB, bf16-mixed {mixed / 1048576.0:F0} MiB ({(double)mixed / full:F2}x), with 16-bit activations {low / 1048576.0:F0} MiB ({(double)low / full:F2}x)");
         Assert.Equal(full, mixed);
-        Assert.True(low <= 0.75 * full, $"{(double)low / full:F2}x");
+        Assert.True(low <= 0.66 * full, $"{(double)low / full:F2}x");
     }
 }

@@ -157,6 +157,9 @@ public class BenchmarkTests(ITestOutputHelper log) : IDisposable
             Assert.InRange(p.GetProperty("fraction_of_peak").GetDouble(), 1e-5, 2);
             Assert.All(p.GetProperty("step_losses").EnumerateArray(), l => Assert.InRange(l.GetDouble(), 0.5, 5));   // ln(10) = 2.30 at init
             Assert.False(p.TryGetProperty("peak_device_bytes", out _));         // CPU: no device memory
+            // the memory model's prediction, reported beside the measured peak (runtime allowance included)
+            Assert.InRange(p.GetProperty("predicted_peak_bytes").GetInt64(), 300L << 20, 8L << 30);
+            Assert.Contains("memory pattern off", p.GetProperty("memory_settings").GetString());
         }
         Assert.Equal(1.0, policies[0].GetProperty("speedup_vs_reference").GetDouble());
         // The JSON holds the ratio rounded; compare with a tolerance, not by decimal places (rounding boundaries).
@@ -167,7 +170,7 @@ public class BenchmarkTests(ITestOutputHelper log) : IDisposable
         Assert.True(policies[1].GetProperty("training_nodes").GetInt32() > policies[0].GetProperty("training_nodes").GetInt32(), "bf16-true adds casts");
 
         var md = File.ReadAllText(Path.Combine(output, BenchmarkReport.MarkdownFile));
-        Assert.Contains("| policy | step time median (s) | p10 / p90 (s) | samples/s | peak RSS (MiB) |", md);
+        Assert.Contains("| policy | step time median (s) | p10 / p90 (s) | samples/s | peak RSS (MiB) | predicted (MiB) |", md);
         Assert.Contains("| 32-true | ", md);
         Assert.Contains("| bf16-true | ", md);
         Assert.Contains("1.00x | 1.00x |", md);

@@ -60,6 +60,13 @@ public static class BenchmarkChild
         using var y = OrtValue.CreateTensorValueFromMemory(labelData, [s.BatchSize]);
 
         MemNote(log, "compiled");
+        var estimate = OrtFinetune.Training.Compiler.Scheduling.MemoryModel.Predict(compiled.TrainingModel, setup.Optimizer, s.BatchSize, device.RuntimeAllowanceBytes);
+        r.PredictedPeakBytes = estimate.TotalBytes;
+        r.PredictedActivationBytes = estimate.ActivationPeakBytes;
+        r.PredictedSummary = estimate.Summary(device.IsCuda ? "device" : "host");
+        log.LogInformation("{Policy}: {Summary}", s.Precision, r.PredictedSummary);
+        r.MemorySettings = $"cpu arena {(s.CpuArena ? "on" : "off")}; {MemorySettings.Current}";
+        log.LogInformation("{Policy}: sessions: {Settings}", s.Precision, r.MemorySettings);
         var options = new TrainerOptions { Device = device, IntraOpThreads = s.Threads, CpuMemArena = s.CpuArena, LossScaling = setup.Policy.LossScaling };
         using (var trainer = new Trainer(compiled.TrainingModel, compiled.EvalModel, setup.Optimizer, compiled.Parameters, compiled.Buffers, options))
         {

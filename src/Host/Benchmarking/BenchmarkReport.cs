@@ -103,16 +103,18 @@ public static class BenchmarkReport
         sb.AppendLine();
         sb.Append("| policy | step time median (s) | p10 / p90 (s) | samples/s | peak RSS (MiB) |");
         if (cuda) sb.Append(" peak device memory (MiB) |");
+        sb.Append(" predicted (MiB) |");
         sb.Append(" GFLOP/s (% of MatMul peak) |");
         if (acc) sb.Append(" test accuracy |");
         sb.AppendLine(CultureInfo.InvariantCulture, $" speed vs {refr?.Precision ?? "reference"} | memory vs {refr?.Precision ?? "reference"} |");
-        int cols = 8 + (cuda ? 1 : 0) + (acc ? 1 : 0);
+        int cols = 9 + (cuda ? 1 : 0) + (acc ? 1 : 0);
         sb.AppendLine("|" + string.Concat(Enumerable.Repeat("---|", cols)));
         foreach (var r in results)
         {
             if (r.Error != null) { sb.AppendLine($"| {r.Precision} | failed: {r.Error.Replace("|", "\\|").Replace("\n", " ")} |" + string.Concat(Enumerable.Repeat(" |", cols - 2))); continue; }
             sb.Append(FormattableString.Invariant($"| {r.Precision} | {r.MedianSeconds:F3} | {r.P10Seconds:F3} / {r.P90Seconds:F3} | {r.SamplesPerSecond:F1} | {MiB(r.PeakRssBytes)} |"));
             if (cuda) sb.Append(r.PeakDeviceBytes is long d ? $" {MiB(d)} |" : " – |");
+            sb.Append(r.PredictedPeakBytes is long pp ? $" {MiB(pp)} |" : " – |");
             sb.Append(FormattableString.Invariant($" {r.AchievedGflops:F1}") + (r.FractionOfPeak is double f ? FormattableString.Invariant($" ({100 * f:F0}%)") : "") + " |");
             if (acc) sb.Append(r.TestAccuracy is double a ? FormattableString.Invariant($" {100 * a:F2}% |") : " – |");
             if (refr != null) sb.AppendLine(FormattableString.Invariant($" {refr.MedianSeconds / r.MedianSeconds:F2}x | {MemoryOf(r) / MemoryOf(refr):F2}x |"));

@@ -68,6 +68,12 @@ public sealed record PolicyResult
     /// <summary>Peak device memory on CUDA (NVML, used memory above the level before the run), bytes; null on the CPU.</summary>
     public long? PeakDeviceBytes { get; set; }
     public string? DeviceMemoryNote { get; set; }
+    /// <summary>The training sessions' memory settings (<see cref="OrtFinetune.Training.Runtime.MemorySettings"/>) and whether the CPU arena was on.</summary>
+    public string? MemorySettings { get; set; }
+    /// <summary>The memory model's prediction of the peak (Training.Compiler.Scheduling.MemoryModel), bytes, and its parts.</summary>
+    public long? PredictedPeakBytes { get; set; }
+    public long? PredictedActivationBytes { get; set; }
+    public string? PredictedSummary { get; set; }
     /// <summary>Analytic FLOPs of one step (MatMul/Gemm/Conv/ConvTranspose of the training graph).</summary>
     public double FlopsPerStep { get; set; }
     public int TrainingNodes { get; set; }

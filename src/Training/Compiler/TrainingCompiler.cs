@@ -31,6 +31,18 @@ public sealed record CompileOptions
     public Abstractions.IPrecisionPolicy? Precision { get; init; }
     /// <summary>Kernels of the target provider: 16-bit nodes it lacks run in fp32 (wrapped in casts). Null = not checked.</summary>
     public IKernelAvailability? Kernels { get; init; }
+    /// <summary>
+    /// Attention probabilities (Softmax of a product) are recomputed in the backward from the product's inputs instead of
+    /// being kept from the forward (see Fusion.AttentionRecompute). On by default.
+    /// </summary>
+    public bool RecomputeAttention { get; init; } = true;
+    /// <summary>
+    /// With <see cref="Kernels"/> and a mixed policy: autocast's 16-bit ops stay 16-bit in the graph where the provider
+    /// lacks the kernel, computed in fp32 between casts by the kernel fallback, so that the activations kept for the
+    /// backward are 16-bit as autocast keeps them (CPU: about half the activation memory, at the cost of the casts).
+    /// Off by default.
+    /// </summary>
+    public bool LowPrecisionActivations { get; init; }
 }
 
 /// <summary>What <see cref="TrainingCompiler.Compile"/> produces. See docs/artifacts.md for the contract.</summary>
@@ -79,7 +91,7 @@ public static class TrainingCompiler
         if (options.Precision != null)
         {
             forward = forward.Clone();
-            options.Precision.ConvertForward(forward, new PrecisionPasses(options.Kernels));
+            options.Precision.ConvertForward(forward, new PrecisionPasses(options.Kernels, options.LowPrecisionActivations && options.Kernels != null));
         }
         long opset = forward.OpsetOf("");
         if (opset < MinOpset)
@@ -147,10 +159,12 @@ public static class TrainingCompiler
         }
         // Composite patterns whose gradient needs fewer forward values than their nodes' rules would keep
         // (erf GELU: x alone): fused for autodiff only, the forward keeps the model's own nodes.
+        var forwardNodes = new HashSet<Node>(g.Nodes, ReferenceEqualityComparer.Instance);
         var gelus = (registry ?? GradientRegistry.Default).Find(Fusion.ErfGeluFusion.Domain, Fusion.ErfGeluFusion.OpType) != null
             ? Fusion.ErfGeluFusion.Fuse(g) : new Fusion.ErfGeluFusion.Fused();
         var grads = Autodiff.Autodiff.Differentiate(g, opset, TrainingArtifacts.LossOutput, parameters, registry, seed);
         Fusion.ErfGeluFusion.Unfuse(g, gelus);
+        if (options.RecomputeAttention) Fusion.AttentionRecompute.Apply(g, forwardNodes, opset);
         var accInputs = new List<ValueInfo>();
         if (options.GradientAccumulation)
         {

@@ -53,7 +53,7 @@ public sealed record DeviceSpec(string Kind, int Index)
     public Dictionary<string, string> CudaProviderOptions() => new()
     {
         ["device_id"] = Index.ToString(System.Globalization.CultureInfo.InvariantCulture),
-        ["arena_extend_strategy"] = "kSameAsRequested",
+        ["arena_extend_strategy"] = MemorySettings.Current.ArenaExtendStrategy == 1 ? "kSameAsRequested" : "kNextPowerOfTwo",
         ["use_tf32"] = "0",
         ["cudnn_conv_algo_search"] = "HEURISTIC",
         ["do_copy_in_default_stream"] = "1",
@@ -77,8 +77,9 @@ public sealed record DeviceSpec(string Kind, int Index)
             try
             {
                 using var info = MemoryInfo();
-                // max_mem 0 (ORT's default), arena_extend_strategy 1 (kSameAsRequested), the rest ORT's defaults.
-                using var arena = new OrtArenaCfg(0, 1, -1, -1);
+                // max_mem 0 (ORT's default), the rest from MemorySettings (kSameAsRequested by default).
+                var m = MemorySettings.Current;
+                using var arena = new OrtArenaCfg(0, m.ArenaExtendStrategy, m.InitialChunkBytes, m.MaxDeadBytesPerChunk);
                 OrtEnv.Instance().CreateAndRegisterAllocator("CUDAExecutionProvider", info, arena, CudaProviderOptions());
                 ok = true;
             }
@@ -99,17 +100,128 @@ public sealed record DeviceSpec(string Kind, int Index)
     /// </summary>
     public const string TrainingDisabledOptimizers = "CommonSubexpressionElimination";
 
-    /// <summary><see cref="CreateSessionOptions"/> for the graphs a trainer runs (see <see cref="TrainingDisabledOptimizers"/>).</summary>
+    /// <summary>
+    /// <see cref="CreateSessionOptions"/> for the graphs a trainer runs (see <see cref="TrainingDisabledOptimizers"/>),
+    /// with the memory settings of <see cref="MemorySettings"/>: ORT's memory-pattern planner off, and on the CPU with
+    /// the arena on, one arena per process shared by every training session, configured by <see cref="MemorySettings"/>.
+    /// </summary>
     public SessionOptions CreateTrainingSessionOptions(int intraOpThreads = 0, bool cpuArena = true)
     {
+        var m = MemorySettings.Current;
         var so = CreateSessionOptions(intraOpThreads, cpuArena);
         so.AddSessionConfigEntry("optimization.disable_specified_optimizers", TrainingDisabledOptimizers);
+        so.EnableMemoryPattern = m.MemoryPattern;
+        if (!IsCuda && cpuArena && m.SharedCpuArena && SharedCpuArena(m)) so.AddSessionConfigEntry("session.use_env_allocators", "1");
         return so;
     }
+
+    /// <summary>
+    /// The run options of a trainer's Run calls: with <see cref="MemorySettings.ArenaShrinkage"/>, the arena of this device
+    /// returns the regions no tensor uses at the end of every Run (ORT's <c>memory.enable_memory_arena_shrinkage</c>).
+    /// </summary>
+    public RunOptions CreateRunOptions()
+    {
+        var ro = new RunOptions();
+        ConfigureRunOptions(ro);
+        return ro;
+    }
+
+    /// <summary>Applies this device's run settings (see <see cref="CreateRunOptions"/>) to run options a caller owns.</summary>
+    public void ConfigureRunOptions(RunOptions ro)
+    {
+        if (MemorySettings.Current.ArenaShrinkage)
+            ro.AddRunConfigEntry("memory.enable_memory_arena_shrinkage", IsCuda ? $"gpu:{Index}" : "cpu:0");
+    }
+
+    static bool? _sharedCpuArena;
+
+    /// <summary>
+    /// One CPU arena for the whole process, registered with ORT's environment and used by every training session
+    /// with the arena on (session.use_env_allocators), configured by <see cref="MemorySettings"/> (the per-session
+    /// CPU arena cannot be configured: it doubles its regions, kNextPowerOfTwo). False where ORT refuses it.
+    /// </summary>
+    static bool SharedCpuArena(MemorySettings m)
+    {
+        lock (SharedArenas)
+        {
+            if (_sharedCpuArena is bool done) return done;
+            try
+            {
+                using var info = new OrtMemoryInfo(OrtMemoryInfo.allocatorCPU, OrtAllocatorType.ArenaAllocator, 0, OrtMemType.Default);
+                using var arena = new OrtArenaCfg(0, m.ArenaExtendStrategy, m.InitialChunkBytes, m.MaxDeadBytesPerChunk);
+                OrtEnv.Instance().CreateAndRegisterAllocator(info, arena);
+                _sharedCpuArena = true;
+            }
+            catch (OnnxRuntimeException e)
+            {
+                Console.Error.WriteLine($"warning: no shared CPU arena ({e.Message.Trim()}); each session keeps its own");
+                _sharedCpuArena = false;
+            }
+            return _sharedCpuArena.Value;
+        }
+    }
+
+    /// <summary>
+    /// What a run holds besides its tensors, for the memory model (Compiler.Scheduling.MemoryModel): on the CPU the
+    /// process itself (.NET runtime, ONNX Runtime and its thread pool, the loaded graphs); on CUDA the context, cuBLAS
+    /// and cuDNN handles and workspaces. Calibrated on measured runs (docs/benchmarks.md, "Memory model").
+    /// </summary>
+    public long RuntimeAllowanceBytes => IsCuda ? CudaRuntimeAllowance : CpuRuntimeAllowance;
+
+    const long CpuRuntimeAllowance = 300L << 20;
+    const long CudaRuntimeAllowance = 1400L << 20;
 
     public OrtMemoryInfo MemoryInfo() => IsCuda
         ? new OrtMemoryInfo(OrtMemoryInfo.allocatorCUDA, OrtAllocatorType.ArenaAllocator, Index, OrtMemType.Default)
         : OrtMemoryInfo.DefaultInstance;
+}
+
+/// <summary>
+/// How training sessions use memory, for every device, in one place. Defaults are what measured best (docs/benchmarks.md,
+/// "Arena and memory patterns"); each can be overridden for an experiment by an environment variable:
+/// ORTFINETUNE_MEMORY_PATTERN (0/1), ORTFINETUNE_ARENA_EXTEND (0 kNextPowerOfTwo, 1 kSameAsRequested),
+/// ORTFINETUNE_ARENA_INITIAL_CHUNK (bytes, -1 ORT's default), ORTFINETUNE_ARENA_MAX_DEAD_BYTES (bytes, -1 ORT's default),
+/// ORTFINETUNE_CPU_SHARED_ARENA (0/1), ORTFINETUNE_ARENA_SHRINKAGE (0/1).
+/// </summary>
+public sealed record MemorySettings
+{
+    /// <summary>
+    /// ORT's memory-pattern planner. Off: from the second Run on it asks the arena for one block of the planned
+    /// peak, which the regions of the first Run cannot serve, so the arena grows by the whole peak again
+    /// (microsoft/onnxruntime#12070); ORT's own training sessions turned it off too.
+    /// </summary>
+    public bool MemoryPattern { get; init; }
+    /// <summary>The arena's growth: 1 kSameAsRequested (a region of the size asked), 0 kNextPowerOfTwo (doubling regions).</summary>
+    public int ArenaExtendStrategy { get; init; } = 1;
+    /// <summary>The arena's first region in bytes (-1: ORT's default).</summary>
+    public int InitialChunkBytes { get; init; } = -1;
+    /// <summary>Most bytes a chunk may waste on a smaller request before the arena splits it (-1: ORT's default, 128 MiB).</summary>
+    public int MaxDeadBytesPerChunk { get; init; } = -1;
+    /// <summary>One CPU arena per process for the training sessions (configurable; the per-session one is not).</summary>
+    public bool SharedCpuArena { get; init; } = true;
+    /// <summary>Return the arena's unused regions to the system at the end of every Run (run option; see <see cref="DeviceSpec.ConfigureRunOptions"/>).</summary>
+    public bool ArenaShrinkage { get; init; }
+
+    public static MemorySettings Current { get; set; } = FromEnvironment(new MemorySettings());
+
+    public static MemorySettings FromEnvironment(MemorySettings d)
+    {
+        static string? Env(string name) => Environment.GetEnvironmentVariable("ORTFINETUNE_" + name);
+        static bool Flag(string name, bool dflt) => Env(name) switch { "0" or "false" => false, "1" or "true" => true, _ => dflt };
+        static int Int(string name, int dflt) => int.TryParse(Env(name), System.Globalization.NumberStyles.Integer, System.Globalization.CultureInfo.InvariantCulture, out var v) ? v : dflt;
+        return d with
+        {
+            MemoryPattern = Flag("MEMORY_PATTERN", d.MemoryPattern),
+            ArenaExtendStrategy = Int("ARENA_EXTEND", d.ArenaExtendStrategy),
+            InitialChunkBytes = Int("ARENA_INITIAL_CHUNK", d.InitialChunkBytes),
+            MaxDeadBytesPerChunk = Int("ARENA_MAX_DEAD_BYTES", d.MaxDeadBytesPerChunk),
+            SharedCpuArena = Flag("CPU_SHARED_ARENA", d.SharedCpuArena),
+            ArenaShrinkage = Flag("ARENA_SHRINKAGE", d.ArenaShrinkage),
+        };
+    }
+
+    public override string ToString() => FormattableString.Invariant(
+        $"memory pattern {(MemoryPattern ? "on" : "off")}, arena {(ArenaExtendStrategy == 1 ? "kSameAsRequested" : "kNextPowerOfTwo")}, initial chunk {InitialChunkBytes}, max dead bytes {MaxDeadBytesPerChunk}, shared CPU arena {(SharedCpuArena ? "on" : "off")}, shrinkage {(ArenaShrinkage ? "on" : "off")}");
 }
 
 /// <summary>A training run cannot go on; the message says what and why.</summary>

@@ -37,7 +37,8 @@ public static class AutocastPass
         var cur = new Dictionary<string, DataType>();
         DataType Cur(string v) => cur.TryGetValue(v, out var t) ? t : Orig(v);
         var constants = new HashSet<string>(g.Initializers.Keys);
-        foreach (var n in g.Nodes) if (n.OpType == "Constant" && n.Domain == "") constants.Add(n.Output(0));
+        var constantNodes = new Dictionary<string, Node>();
+        foreach (var n in g.Nodes) if (n.OpType == "Constant" && n.Domain == "") { constants.Add(n.Output(0)); constantNodes[n.Output(0)] = n; }
 
         var castOf = new Dictionary<(string, DataType), string>();
         var widenedFrom = new Dictionary<string, string>();
@@ -51,8 +52,19 @@ public static class AutocastPass
             if (castOf.TryGetValue((v, t), out var c)) return c;
             if (widenedFrom.TryGetValue(v, out var src) && Cur(src) == t) return src;
             var name = b.Unique($"{v}/autocast_{Short(t)}");
-            nodes.Add(new Node("Cast", [v], [name], b.Unique("autocast/Cast")).Set(NodeAttribute.Of("to", (long)t)));
-            casts++;
+            if (g.Initializers.TryGetValue(v, out var init) && init.ElementCount == 1 && OpDtypes.IsFloat32OrHalf(init.Type))
+            {
+                // A scalar constant becomes a constant of the compute type (not a Cast node): patterns that look for
+                // constants (the erf-GELU composite, whose backward then keeps x alone) still find one.
+                g.Initializers[name] = Tensor.OfType(name, t, init.ToDoubles(), init.Dims);
+            }
+            else if (constantNodes.TryGetValue(v, out var cn) && cn.Attr("value")?.T is { ElementCount: 1 } cv && OpDtypes.IsFloat32OrHalf(cv.Type))
+                nodes.Add(new Node("Constant", [], [name], b.Unique("autocast/Constant")).Set(NodeAttribute.Of("value", Tensor.OfType("value", t, cv.ToDoubles(), cv.Dims))));
+            else
+            {
+                nodes.Add(new Node("Cast", [v], [name], b.Unique("autocast/Cast")).Set(NodeAttribute.Of("to", (long)t)));
+                casts++;
+            }
             cur[name] = t;
             if (g.TypeOf(v) is { } tt) g.ValueTypes[name] = tt with { ElemType = t };
             if (t == DataType.Float && OpDtypes.IsHalf(vt)) widenedFrom[name] = v;

@@ -23,15 +23,18 @@ public static class CastCleanup
             var replace = new Dictionary<string, string>();
             var seen = new Dictionary<(string, long), string>();
             var lastRead = new Dictionary<string, int>();
+            // With keepApart, positions are those of ORT's execution order (a backward node that reads forward values
+            // only, e.g. a composite's upcast of a saved input, sits early in a topologically sorted list but runs late).
+            var nodes = keepApart ? ExecutionOrder(g) : g.Nodes;
             if (keepApart)
-                for (int k = 0; k < g.Nodes.Count; k++)
+                for (int k = 0; k < nodes.Count; k++)
                 {
-                    foreach (var i in g.Nodes[k].Inputs) if (i.Length > 0) lastRead[i] = k;
-                    foreach (var a in g.Nodes[k].Attributes.Values) if (a.G != null) foreach (var v in a.G.OuterScopeReads()) lastRead[v] = k;
+                    foreach (var i in nodes[k].Inputs) if (i.Length > 0) lastRead[i] = k;
+                    foreach (var a in nodes[k].Attributes.Values) if (a.G != null) foreach (var v in a.G.OuterScopeReads()) lastRead[v] = k;
                 }
-            for (int at = 0; at < g.Nodes.Count; at++)
+            for (int at = 0; at < nodes.Count; at++)
             {
-                var n = g.Nodes[at];
+                var n = nodes[at];
                 if (n.OpType != "Cast" || n.Domain != "" || outputs.Contains(n.Output(0))) continue;
                 var x = Resolve(replace, n.Input(0));
                 var to = (DataType)n.GetInt("to", 0);
@@ -60,6 +63,17 @@ public static class CastCleanup
         }
         removed += RemoveUnusedCasts(g, outputs);
         return removed;
+    }
+
+    /// <summary>ORT's execution order of <paramref name="g"/> once arranged for it (Scheduling.OrtNodeOrder); the node list is left as it was.</summary>
+    static List<Node> ExecutionOrder(Graph g)
+    {
+        var saved = g.Nodes.ToList();
+        Scheduling.OrtNodeOrder.ForDepthFirstExecution(g);
+        var order = Scheduling.OrtNodeOrder.ExecutionOrder(g);
+        g.Nodes.Clear();
+        g.Nodes.AddRange(saved);
+        return order;
     }
 
     static string Resolve(Dictionary<string, string> map, string v)

@@ -3,12 +3,18 @@ using OrtFinetune.Onnx;
 
 namespace OrtFinetune.Training.Compiler.Precision;
 
-/// <summary>The compiler's implementation of the rewrites a precision policy asks for, consulting the provider's kernels.</summary>
-public sealed class PrecisionPasses(IKernelAvailability? kernels = null) : IPrecisionPasses
+/// <summary>
+/// The compiler's implementation of the rewrites a precision policy asks for, consulting the provider's kernels.
+/// With <paramref name="lowPrecisionActivations"/>, autocast puts its low-precision ops in 16-bit even where the provider
+/// has no 16-bit kernel (CPU): KernelFallback later computes those nodes in fp32 between casts, so their inputs and
+/// outputs, the activations the backward keeps, are 16-bit as under autocast on a GPU (CompileOptions.LowPrecisionActivations).
+/// </summary>
+public sealed class PrecisionPasses(IKernelAvailability? kernels = null, bool lowPrecisionActivations = false) : IPrecisionPasses
 {
     public IKernelAvailability Kernels { get; } = kernels ?? AllKernels.Instance;
 
-    public void Autocast(Model forward, DataType low, AutocastLists lists) => AutocastPass.Run(forward, low, lists, Kernels);
+    public void Autocast(Model forward, DataType low, AutocastLists lists) =>
+        AutocastPass.Run(forward, low, lists, lowPrecisionActivations ? AllKernels.Instance : Kernels);
     public void ConvertTo(Model forward, DataType storage) => ConvertPass.Run(forward, storage);
 }
 

@@ -41,4 +41,45 @@ public static class OrtNodeOrder
         g.Nodes.AddRange(leaves);
         return leaves.Count;
     }
+
+    /// <summary>
+    /// The order ORT's default execution plan runs <paramref name="g"/>'s nodes in (GraphViewer: Graph::ReverseDFSFrom the
+    /// leaf nodes with NodeCompare, emitting each node when it is left), taking the node list's positions as ORT's node
+    /// indices: a stack seeded with the leaves in index order (the last leaf is searched first); a node's input nodes
+    /// are pushed in ascending index order (the highest-index producer is searched first). ORT's graph optimizers
+    /// renumber the nodes they fuse, so on an optimized session this is an approximation.
+    /// </summary>
+    public static List<Node> ExecutionOrder(Graph g)
+    {
+        var producers = g.Producers();
+        var index = new Dictionary<Node, int>(ReferenceEqualityComparer.Instance);
+        for (int i = 0; i < g.Nodes.Count; i++) index[g.Nodes[i]] = i;
+        var inputsOf = new List<Node>[g.Nodes.Count];
+        var hasOutputEdge = new bool[g.Nodes.Count];
+        for (int i = 0; i < g.Nodes.Count; i++)
+        {
+            var n = g.Nodes[i];
+            var reads = n.Inputs.Where(v => v.Length > 0).ToList();
+            foreach (var a in n.Attributes.Values) if (a.G != null) reads.AddRange(a.G.OuterScopeReads());
+            var ins = new List<Node>();
+            foreach (var v in reads)
+                if (producers.TryGetValue(v, out var p) && !ins.Contains(p)) { ins.Add(p); hasOutputEdge[index[p]] = true; }
+            ins.Sort((a, b) => index[a].CompareTo(index[b]));
+            inputsOf[i] = ins;
+        }
+        var order = new List<Node>(g.Nodes.Count);
+        var visited = new bool[g.Nodes.Count];
+        var stack = new Stack<(int Node, bool Leave)>();
+        for (int i = 0; i < g.Nodes.Count; i++) if (!hasOutputEdge[i]) stack.Push((i, false));
+        while (stack.Count > 0)
+        {
+            var (n, leave) = stack.Pop();
+            if (leave) { order.Add(g.Nodes[n]); continue; }
+            if (visited[n]) continue;
+            visited[n] = true;
+            stack.Push((n, true));
+            foreach (var p in inputsOf[n]) if (!visited[index[p]]) stack.Push((index[p], false));
+        }
+        return order;
+    }
 }

@@ -11,6 +11,7 @@ using OrtFinetune.Training.Compiler;
 using OrtFinetune.Training.Compiler.Losses;
 using OrtFinetune.Training.Compiler.Optimizers;
 using OrtFinetune.Training.Compiler.Precision;
+using OrtFinetune.Training.Compiler.Scheduling;
 using OrtFinetune.Training.Runtime;
 
 namespace OrtFinetune.Host.Training;
@@ -85,6 +86,8 @@ public sealed class TrainRun(TrainSettings s, PluginCatalog catalog, ILogger log
         log.LogInformation("compiled in {Ms:F0} ms: {Count:N0} trainable parameters in {Tensors} tensors, {Nodes} training nodes",
             compiled.CompileTime.TotalMilliseconds, paramCount, compiled.Parameters.Count, compiled.TrainingModel.Graph.Nodes.Count);
 
+        var estimate = MemoryModel.Predict(compiled.TrainingModel, setup.Optimizer, s.BatchSize, device.RuntimeAllowanceBytes);
+        log.LogInformation("{Estimate}", estimate.Summary(device.IsCuda ? "device" : "host"));
         var trainer = new Trainer(compiled.TrainingModel, compiled.EvalModel, setup.Optimizer, compiled.Parameters, compiled.Buffers,
             new TrainerOptions { Device = device, IntraOpThreads = s.Threads, CpuMemArena = s.CpuArena, LossScaling = policy.LossScaling });
         // The trainer holds its own copy of the weights: let the host copies go (no doubled weight buffers).

@@ -50,7 +50,7 @@ public sealed class Trainer : IDisposable
     readonly InferenceSession _train, _eval, _optim;
     readonly DeviceValues _dev;
     readonly OrtIoBinding _trainBinding, _evalBinding, _optimBinding;
-    readonly RunOptions _run = new();
+    readonly RunOptions _run;
     readonly Model _evalModel;
     readonly string[] _forwardInputs;
     readonly string _labels;
@@ -81,6 +81,7 @@ public sealed class Trainer : IDisposable
     public Trainer(Model training, Model eval, Model optimizer, IReadOnlyList<Tensor> parameters, IReadOnlyList<Tensor> buffers, TrainerOptions? options = null)
     {
         _o = options ?? new TrainerOptions();
+        _run = _o.Device.CreateRunOptions();
         var tg = training.Graph;
         if (tg.Inputs.All(i => i.Name != TrainingArtifacts.LazyResetGrad))
             throw new TrainingException("the training model has no gradient accumulation inputs; compile it with gradient accumulation (ortfinetune compile --gradient-accumulation)");

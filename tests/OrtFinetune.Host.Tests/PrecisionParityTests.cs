@@ -44,7 +44,7 @@ public class PrecisionParityTests(ITestOutputHelper log) : IDisposable
     const double MinReferenceAccuracy = 0.70;
     /// <summary>The documented exception's looser bound: it must still learn, not diverge (the reference's 16-true fell to 10 %).</summary>
     const double LooseTolerance = 0.08;
-    /// <summary>A hang guard per run, not a speed check (a run takes minutes on 2 idle cores, up to ~25 on 2 cores under a load of 40).</summary>
+    /// <summary>A hang guard per run, not a speed check: on the 2-core AMD EPYC a run took 0.7-1.8 minutes at loads of 3-10 and 16-18 at a load of 40.</summary>
     static readonly TimeSpan RunLimit = TimeSpan.FromMinutes(30);
 
     enum Hold { Reference, Noise, Parity, Exception }

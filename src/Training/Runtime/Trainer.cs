@@ -101,7 +101,7 @@ public sealed class Trainer : IDisposable
         _dev = new DeviceValues(_o.Device, _train);
 
         var optimInputs = optimizer.Graph.Inputs.Select(i => i.Name).ToHashSet();
-        string[] suffixes = ["momentum_buffer", "exp_avg", "exp_avg_sq", OptimizerBuilder.KahanSuffix];
+        string[] suffixes = ["momentum_buffer", "exp_avg", OptimizerBuilder.SecondMoment, OptimizerBuilder.SecondMomentRoot, OptimizerBuilder.KahanSuffix];
         IReadOnlyList<OptimizerBucket> buckets;
         try { buckets = OptimizerBucket.Read(optimizer); }
         catch (CompileException e) { throw new TrainingException(e.Message, e); }

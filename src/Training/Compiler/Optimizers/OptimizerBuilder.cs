@@ -52,11 +52,15 @@ public sealed record OptimizerOptions
         ? p.Dims.Length >= 2
         : !NoDecay.Any(g => TrainingCompiler.Glob(g).IsMatch(p.Name)));
 
-    /// <summary>State tensors kept per parameter, as name suffixes.</summary>
-    public string[] StateSuffixes => [.. Type switch
+    /// <summary>
+    /// State tensors kept per parameter of this storage dtype, as name suffixes. Adam's second moment of a float16
+    /// parameter is kept as its square root (<see cref="OptimizerBuilder.SecondMomentRoot"/>): fp16 cannot hold
+    /// squared gradients (below 6e-8 they flush to zero and the update explodes), their square roots it can.
+    /// </summary>
+    public string[] StateSuffixes(DataType storage) => [.. Type switch
     {
         "sgd" => Momentum > 0 ? new[] { "momentum_buffer" } : [],
-        _ => new[] { "exp_avg", "exp_avg_sq" },
+        _ => new[] { "exp_avg", storage == DataType.Float16 ? OptimizerBuilder.SecondMomentRoot : OptimizerBuilder.SecondMoment },
     }, .. Rounding == Abstractions.UpdateRounding.Kahan ? new[] { OptimizerBuilder.KahanSuffix } : []];
 }
 
@@ -142,7 +146,7 @@ public sealed record OptimizerBucket(string Name, DataType Type, bool Decays, lo
 /// Emits the optimizer step as an ONNX graph (optimizer_model.onnx), with torch.optim semantics.
 /// Inputs: learning_rate (float), step (int64, the 1-based number of this update), grad_scale (float,
 /// gradients are divided by it: the loss scale of 16-mixed, else 1), then per parameter p: p, p_grad,
-/// then per parameter its state tensors (p.exp_avg, p.exp_avg_sq or p.momentum_buffer).
+/// then per parameter its state tensors (p.exp_avg, p.exp_avg_sq (p.exp_avg_sq_sqrt for float16) or p.momentum_buffer).
 /// Outputs: all_finite (bool), grad_norm (float, global L2 norm of the unscaled gradients before
 /// clipping), then p.updated per parameter, then each state's .updated. When a gradient is not finite
 /// every output equals its input (the update is skipped, as GradScaler does). Each .updated output is
@@ -155,6 +159,8 @@ public static class OptimizerBuilder
     public static string StateName(string param, string suffix) => $"{param}.{suffix}";
     /// <summary>State suffix of the Kahan compensation buffer (the rounding error of the last stored update).</summary>
     public const string KahanSuffix = "kahan_comp";
+    /// <summary>Adam's second moment (torch.optim's exp_avg_sq), and its square root, which float16 parameters keep instead.</summary>
+    public const string SecondMoment = "exp_avg_sq", SecondMomentRoot = "exp_avg_sq_sqrt";
 
     /// <summary>
     /// Builds the optimizer graph. 16-bit parameters and states are stored in their dtype but updated in
@@ -207,7 +213,7 @@ public static class OptimizerBuilder
             g.Inputs.Add(new ValueInfo(p.Name + "_grad", p.TensorType));
         }
         foreach (var p in parameters)
-            foreach (var s in o.StateSuffixes) g.Inputs.Add(new ValueInfo(StateName(p.Name, s), p.TensorType));
+            foreach (var s in o.StateSuffixes(p.Type)) g.Inputs.Add(new ValueInfo(StateName(p.Name, s), p.TensorType));
 
         // Global gradient norm (fp32), finite flag, and the one scalar every gradient is multiplied by.
         var sq = parameters.Select(p => b.Op("ReduceSumSquare", [AsFloat(b, p.Name + "_grad", p.Type)], NodeAttribute.Of("keepdims", 0L))).ToList();
@@ -268,11 +274,9 @@ public static class OptimizerBuilder
             {
                 if (decay && o.Type == "adam") grad = b.Add(grad, b.Mul(pIn, S(o.WeightDecay)));
                 var m1 = StateName(p.Name, "exp_avg");
-                var m2 = StateName(p.Name, "exp_avg_sq");
+                bool rms = dt == DataType.Float16;   // the second moment kept as its square root (see OptimizerOptions.StateSuffixes)
+                var m2 = StateName(p.Name, rms ? SecondMomentRoot : SecondMoment);
                 var newM1 = b.Add(b.Mul(In(m1), S(o.Beta1)), b.Mul(grad, S(1 - o.Beta1)));
-                // fp16 cannot hold squared gradients (below 6e-8 they flush to zero and the update explodes):
-                // for fp16 parameters exp_avg_sq is stored as its square root, whose range fp16 covers.
-                bool rms = dt == DataType.Float16;
                 var m2In = rms ? b.Mul(In(m2), In(m2)) : In(m2);
                 var newM2 = b.Add(b.Mul(m2In, S(o.Beta2)), b.Mul(b.Mul(grad, grad), S(1 - o.Beta2)));
                 newStates.Add((m1, Out(newM1)));

@@ -58,7 +58,7 @@ public class OptimizerParityTests(ITestOutputHelper log)
         using var binding = session.CreateIoBinding();
         var values = new Dictionary<string, OrtValue>();
         OrtValue Buffer(string key, float[] init, long[] shape) => values[key] = OrtValue.CreateTensorValueFromMemory(init, shape);
-        var suffixes = options.StateSuffixes;
+        var suffixes = options.StateSuffixes(DataType.Float);
         // Where each parameter's tensors live: (graph input, element offset) of the parameter, its gradient and each state.
         var arrays = new Dictionary<string, float[]>();
         var at = new Dictionary<string, (string Input, int Offset)>();
@@ -123,7 +123,7 @@ public class OptimizerParityTests(ITestOutputHelper log)
         // Alignment gaps between bucket members stay zero in every buffer.
         var used = new Dictionary<string, bool[]>();
         foreach (var p in parameters)
-            foreach (var key in options.StateSuffixes.Select(x => OptimizerBuilder.StateName(p.Name, x)).Append(p.Name))
+            foreach (var key in options.StateSuffixes(DataType.Float).Select(x => OptimizerBuilder.StateName(p.Name, x)).Append(p.Name))
             {
                 var (input, offset) = at[key];
                 var mask = used.TryGetValue(input, out var m0) ? m0 : used[input] = new bool[arrays[input].Length];

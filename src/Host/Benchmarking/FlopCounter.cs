@@ -17,17 +17,7 @@ public static class FlopCounter
     /// <summary>Counts <paramref name="model"/> (a clone is inferred; the model is not changed) with every symbolic input dim set to <paramref name="batch"/>.</summary>
     public static Result Count(Model model, long batch)
     {
-        var m = model.Clone();
-        var g = m.Graph;
-        for (int i = 0; i < g.Inputs.Count; i++)
-        {
-            var t = g.Inputs[i].Type;
-            if (t.Shape == null || t.Shape.All(d => d.IsKnown)) continue;
-            g.Inputs[i] = g.Inputs[i] with { Type = t with { Shape = t.Shape.Select(d => d.IsKnown ? d : new Dim(batch)).ToArray() } };
-        }
-        // Drop types inferred for the symbolic batch so that inference recomputes them from the concrete inputs.
-        g.ValueTypes.Clear();
-        ShapeInference.Run(m, new InferenceOptions { UseExistingTypes = false });
+        var g = OrtFinetune.Training.Compiler.Scheduling.MemoryModel.AtBatch(model, batch).Graph;
 
         var by = new Dictionary<string, double>();
         var skipped = new List<string>();

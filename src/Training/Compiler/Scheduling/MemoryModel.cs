@@ -47,7 +47,11 @@ public static class MemoryModel
         return sum;
     }
 
-    static Result Liveness(Model model, long batch)
+    /// <summary>
+    /// A clone of <paramref name="model"/> with every symbolic input dimension set to <paramref name="batch"/> and every
+    /// value's type inferred again from those concrete inputs (the model itself is not changed).
+    /// </summary>
+    public static Model AtBatch(Model model, long batch)
     {
         var m = model.Clone();
         var g = m.Graph;
@@ -57,8 +61,15 @@ public static class MemoryModel
             if (t.Shape == null || t.Shape.All(d => d.IsKnown)) continue;
             g.Inputs[i] = g.Inputs[i] with { Type = t with { Shape = t.Shape.Select(d => d.IsKnown ? d : new Dim(batch)).ToArray() } };
         }
+        // Drop types inferred for the symbolic batch so that inference recomputes them from the concrete inputs.
         g.ValueTypes.Clear();
         ShapeInference.Run(m, new InferenceOptions { UseExistingTypes = false });
+        return m;
+    }
+
+    static Result Liveness(Model model, long batch)
+    {
+        var g = AtBatch(model, batch).Graph;
 
         var nodes = OrtNodeOrder.ExecutionOrder(g);
         long Bytes(string v) => g.TypeOf(v) is { IsStatic: true } tt ? tt.StaticDims().Aggregate(1L, (a, d) => a * d) * tt.ElemType.SizeOf() : 0;

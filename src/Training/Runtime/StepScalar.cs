@@ -20,17 +20,25 @@ public sealed class StepScalar<T> : IDisposable where T : unmanaged
     {
         _value = OrtValue.CreateTensorValueFromMemory(_host, []);
         _readers = readers;
-        Value = initial;
+        _host[0] = initial;
+        Bind();
     }
 
+    /// <summary>Setting an unchanged value binds nothing: the bound copy already holds it.</summary>
     public T Value
     {
         get => _host[0];
         set
         {
+            if (EqualityComparer<T>.Default.Equals(_host[0], value)) return;
             _host[0] = value;
-            foreach (var (binding, input) in _readers) binding.BindInput(input, _value);
+            Bind();
         }
+    }
+
+    void Bind()
+    {
+        foreach (var (binding, input) in _readers) binding.BindInput(input, _value);
     }
 
     public void Dispose() => _value.Dispose();

@@ -328,7 +328,7 @@ public sealed class Trainer : IDisposable
         if (inputs.Count != _forwardInputs.Length) throw new TrainingException($"the model takes {_forwardInputs.Length} inputs, {inputs.Count} given");
         for (int i = 0; i < inputs.Count; i++) _trainBinding.BindInput(_forwardInputs[i], inputs[i]);
         _trainBinding.BindInput(_labels, labels);
-        if (_lazyReset.Value != _resetPending) _lazyReset.Value = _resetPending;
+        _lazyReset.Value = _resetPending;
         // Outputs ORT allocates (logits): bound afresh each run, as their shape follows the batch size.
         foreach (var o in _trainDeviceOutputs) _trainBinding.BindOutputToDevice(o, _dev.MemoryInfo);
         _train.RunWithBinding(_run, _trainBinding);
@@ -346,7 +346,7 @@ public sealed class Trainer : IDisposable
     {
         float scale = Scaler?.Scale ?? 1f;
         _step.Value = Step + 1;
-        if (_gradScale.Value != scale) _gradScale.Value = scale;
+        _gradScale.Value = scale;
         _optim.RunWithBinding(_run, _optimBinding);
         _optimBinding.SynchronizeBoundOutputs();
         bool finite = _allFinite.GetTensorDataAsSpan<bool>()[0];
@@ -354,7 +354,7 @@ public sealed class Trainer : IDisposable
         if (Scaler != null)
         {
             Scaler.Update(finite);
-            if (_lossScale!.Value != Scaler.Scale) _lossScale.Value = Scaler.Scale;
+            _lossScale!.Value = Scaler.Scale;
         }
         return new OptimizerStepResult(finite, _gradNorm.GetTensorDataAsSpan<float>()[0], scale);
     }

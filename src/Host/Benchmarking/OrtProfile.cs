@@ -128,7 +128,7 @@ public static class ProfileRunner
                 OrtValue v;
                 if (name == OptimizerBuilder.LearningRate || name == OptimizerBuilder.GradScale)
                     v = Own(OrtValue.CreateTensorValueFromMemory(new[] { name == OptimizerBuilder.LearningRate ? 1e-4f : 1f }, []));
-                else if (name == OptimizerBuilder.Step) v = Own(OrtValue.CreateTensorValueFromMemory(new[] { 1L }, []));
+                else if (name is OptimizerBuilder.Step or OptimizerBuilder.BodyStep) v = Own(OrtValue.CreateTensorValueFromMemory(new[] { 1L }, []));
                 else if (parameters.TryGetValue(name, out var t)) v = Own(dev.Upload(t.Type, t.Dims, t.RawData.Span));
                 else if (name.EndsWith("_grad", StringComparison.Ordinal) && grads.TryGetValue(name[..^5], out var gv)) v = gv;
                 else v = Own(dev.Zeros(input.Type.ElemType, input.Type.StaticDims()));

@@ -62,6 +62,7 @@ public sealed class Trainer : IDisposable
     readonly StepScalar<bool> _lazyReset;
     readonly StepScalar<float> _lr, _gradScale;
     readonly StepScalar<long> _step;
+    readonly StepScalar<long>? _bodyStep;
     readonly StepScalar<float>? _lossScale;
     readonly Dictionary<string, OrtValue> _probes = new();
     readonly OrtValue _loss, _top1, _top5, _evalLoss, _allFinite, _gradNorm;
@@ -71,6 +72,14 @@ public sealed class Trainer : IDisposable
 
     /// <summary>Number of optimizer updates applied (skipped non-finite steps do not count).</summary>
     public long Step { get; private set; }
+    /// <summary>
+    /// Head-only warm-up: false makes the next updates head-only (the optimizer model's body parameters and their
+    /// state stay as they are; needs an optimizer compiled with <see cref="OptimizerOptions.HeadParameters"/>).
+    /// Not saved in checkpoints: the caller decides it (e.g. from the epoch).
+    /// </summary>
+    public bool UpdateBody { get; set; } = true;
+    /// <summary>Number of updates applied to the body parameters (equals <see cref="Step"/> without head-only updates).</summary>
+    public long BodyStep { get; private set; }
     public float LearningRate { get; private set; } = 1e-3f;
     public string OptimizerType { get; }
     public DeviceSpec Device => _o.Device;
@@ -202,6 +211,7 @@ public sealed class Trainer : IDisposable
         _lr = new StepScalar<float>(LearningRate, (_optimBinding, OptimizerBuilder.LearningRate));
         _step = new StepScalar<long>(1, (_optimBinding, OptimizerBuilder.Step));
         _gradScale = new StepScalar<float>(1, (_optimBinding, OptimizerBuilder.GradScale));
+        if (optimInputs.Contains(OptimizerBuilder.BodyStep)) _bodyStep = new StepScalar<long>(1, (_optimBinding, OptimizerBuilder.BodyStep));
         BindProbes(_optimBinding, optimizer.Graph);
         if (_buckets.Count > 0)
             foreach (var fb in _buckets)
@@ -345,12 +355,15 @@ public sealed class Trainer : IDisposable
     public OptimizerStepResult OptimizerStep()
     {
         float scale = Scaler?.Scale ?? 1f;
+        if (!UpdateBody && _bodyStep == null)
+            throw new TrainingException("a head-only update needs an optimizer model compiled with head parameters (OptimizerOptions.HeadParameters)");
         _step.Value = Step + 1;
+        if (_bodyStep != null) _bodyStep.Value = UpdateBody ? BodyStep + 1 : 0;
         _gradScale.Value = scale;
         _optim.RunWithBinding(_run, _optimBinding);
         _optimBinding.SynchronizeBoundOutputs();
         bool finite = _allFinite.GetTensorDataAsSpan<bool>()[0];
-        if (finite) Step++;
+        if (finite) { Step++; if (UpdateBody) BodyStep++; }
         if (Scaler != null)
         {
             Scaler.Update(finite);
@@ -417,6 +430,7 @@ public sealed class Trainer : IDisposable
         ck.Meta["fingerprint"] = Fingerprint;
         ck.Meta["optimizer"] = OptimizerType;
         ck.Meta["step"] = Step.ToString(CultureInfo.InvariantCulture);
+        ck.Meta["body_step"] = BodyStep.ToString(CultureInfo.InvariantCulture);
         ck.Meta["learning_rate"] = LearningRate.ToString("R", CultureInfo.InvariantCulture);
         if (Scaler != null) foreach (var (k, v) in Scaler.State()) ck.Meta[k] = v;
         if (extra != null) foreach (var (k, v) in extra) ck.Meta["user." + k] = v;
@@ -454,6 +468,7 @@ public sealed class Trainer : IDisposable
         foreach (var b in _buffers) Restore("buffer/" + b.Name, b.Type, b.Shape, b.Value);
         foreach (var s in _states) Restore("optim/" + s.Name, s.Type, s.Shape, s.Value);
         Step = long.Parse(ck.Meta["step"], CultureInfo.InvariantCulture);
+        BodyStep = ck.Meta.TryGetValue("body_step", out var bodyStep) ? long.Parse(bodyStep, CultureInfo.InvariantCulture) : Step;
         SetLearningRate(float.Parse(ck.Meta["learning_rate"], CultureInfo.InvariantCulture));
         if (scaler != null) { Scaler!.Load(scaler.State()); _lossScale!.Value = Scaler.Scale; }
         _resetPending = true;
@@ -489,7 +504,7 @@ public sealed class Trainer : IDisposable
         _trainBinding.Dispose(); _evalBinding.Dispose(); _optimBinding.Dispose();
         foreach (var v in _params.Select(p => p.Value).Concat(_grads).Concat(_buffers.Select(b => b.Value)).Concat(_states.Select(s => s.Value))) v.Dispose();
         foreach (var (memory, flat) in _buckets.SelectMany(b => b.All)) { flat.Dispose(); memory.Dispose(); }
-        _lazyReset.Dispose(); _lr.Dispose(); _step.Dispose(); _gradScale.Dispose(); _lossScale?.Dispose();
+        _lazyReset.Dispose(); _lr.Dispose(); _step.Dispose(); _bodyStep?.Dispose(); _gradScale.Dispose(); _lossScale?.Dispose();
         foreach (var v in _probes.Values.Concat([_loss, _top1, _top5, _evalLoss, _allFinite, _gradNorm])) v.Dispose();
         _dev.Dispose();
         _train.Dispose(); _eval.Dispose(); _optim.Dispose();

@@ -80,6 +80,8 @@ public static class ArtifactWriter
                 ["gradient"] = TrainingArtifacts.GradName(p.Name),
                 ["accumulation_buffer"] = a.HasAccumulation ? TrainingArtifacts.AccumulationBuffer(p.Name) : null,
                 ["weight_decay"] = bucketOf.TryGetValue(p.Name, out var at) ? at.b.Decays : o?.Decays(p),
+                ["lr_multiplier"] = bucketOf.TryGetValue(p.Name, out at) ? at.b.LrMultiplier : o?.LrMultiplier(p.Name),
+                ["body"] = bucketOf.TryGetValue(p.Name, out at) ? at.b.Body : o?.IsBody(p.Name),
                 ["bucket"] = bucketOf.TryGetValue(p.Name, out at) ? at.b.Name : null,
                 ["offset"] = bucketOf.TryGetValue(p.Name, out at) ? at.m.Offset : null,
             }).ToList(),
@@ -97,10 +99,11 @@ public static class ArtifactWriter
                     ["beta1"] = o.Beta1, ["beta2"] = o.Beta2, ["eps"] = o.Eps, ["max_grad_norm"] = o.MaxGradNorm,
                     ["no_decay"] = o.NoDecay, ["skip_non_finite_updates"] = o.SkipNonFiniteUpdates,
                     ["rounding"] = o.Rounding.ToString().ToLowerInvariant(), ["bucket_bytes"] = buckets.Count > 0 ? o.BucketBytes : 0,
+                    ["head_parameters"] = o.HeadParameters?.ToList(),
                 };
             m["optimizer_buckets"] = buckets.Select(b => new Dictionary<string, object?>
             {
-                ["name"] = b.Name, ["dtype"] = b.Type.OnnxName(), ["weight_decay"] = b.Decays, ["elements"] = b.Elements,
+                ["name"] = b.Name, ["dtype"] = b.Type.OnnxName(), ["weight_decay"] = b.Decays, ["lr_multiplier"] = b.LrMultiplier, ["body"] = b.Body, ["elements"] = b.Elements,
                 ["element_bytes"] = b.Type.SizeOf(), ["alignment_bytes"] = OptimizerBucket.AlignmentBytes,
                 ["parameters_input"] = b.Name, ["gradients_input"] = TrainingArtifacts.GradName(b.Name),
                 ["state_inputs"] = states.ToDictionary(s => s, s => OptimizerBuilder.StateName(b.Name, s)),
@@ -146,6 +149,7 @@ public static class ArtifactWriter
             Add("optimizer", optimizer, OptimizerBuilder.LearningRate, "the learning rate of this update");
             Add("optimizer", optimizer, OptimizerBuilder.Step, "1-based number of this update (bias correction; SGD momentum starts at step 1); advance it only when all_finite is true");
             Add("optimizer", optimizer, OptimizerBuilder.GradScale, "gradients are divided by it before anything else: the loss scale, else 1");
+            Add("optimizer", optimizer, OptimizerBuilder.BodyStep, "head-only warm-up: 0 leaves the body parameters (body: true) and their state unchanged; else the 1-based number of this update of the body (its bias correction and momentum start)");
         }
         return list;
     }
@@ -157,7 +161,7 @@ public static class ArtifactWriter
         var inputNames = g.Inputs.Select(i => i.Name).ToHashSet();
         string InputRole(string n) => n switch
         {
-            TrainingArtifacts.LazyResetGrad or TrainingArtifacts.LossScaleInput or OptimizerBuilder.LearningRate or OptimizerBuilder.Step or OptimizerBuilder.GradScale => "step_scalar",
+            TrainingArtifacts.LazyResetGrad or TrainingArtifacts.LossScaleInput or OptimizerBuilder.LearningRate or OptimizerBuilder.Step or OptimizerBuilder.GradScale or OptimizerBuilder.BodyStep => "step_scalar",
             "labels" => "labels",
             _ when parameters.Contains(n) => "parameter",
             _ when buffers.Contains(n) => "buffer",

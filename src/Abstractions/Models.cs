@@ -38,6 +38,11 @@ public sealed record ModelDefinition
     public IReadOnlyDictionary<string, int>? LayerIds { get; init; }
     /// <summary>Number of encoder blocks the <see cref="LayerIds"/> count.</summary>
     public int NumLayers { get; init; }
+    /// <summary>
+    /// The classification head's parameters (those a new class count replaces), which a head-only warm-up trains
+    /// alone (<c>--head-warmup-epochs</c>); null when the model does not say which they are.
+    /// </summary>
+    public IReadOnlyList<string>? HeadParameters { get; init; }
     /// <summary>What loading pretrained weights did (loaded, missing, unexpected, reshaped tensors), as text; null without weights.</summary>
     public string? WeightsReport { get; init; }
 }
@@ -71,7 +76,14 @@ public interface IWeightExporter
     string Export(Model inference, string path, string naming);
 }
 
-/// <summary>Layer-wise learning-rate decay as in BEiT/MAE finetuning: lr(p) = lr * decay^(layers + 1 - layer_id(p)).</summary>
+/// <summary>
+/// Layer-wise learning-rate decay as in BEiT/MAE finetuning: lr(p) = lr * decay^(layers + 1 - layer_id(p)), with
+/// <c>layers</c> = <see cref="ModelDefinition.NumLayers"/> (the encoder blocks) and the ids of
+/// <see cref="ModelDefinition.LayerIds"/> (0 embeddings .. layers + 1 final norm and head). That is MAE's
+/// util/lr_decay.py exactly: its num_layers is blocks + 1, get_layer_id_for_vit gives cls_token, pos_embed and
+/// patch_embed 0, blocks.i i + 1 and everything else num_layers, and the scale is decay^(num_layers - layer_id);
+/// so the head and final norm get 1 and the embeddings decay^(blocks + 1).
+/// </summary>
 public static class LayerDecay
 {
     public static double Scale(int layerId, int numLayers, double decay) => Math.Pow(decay, numLayers + 1 - layerId);

@@ -109,6 +109,7 @@ public sealed class VitModelProvider : IModelProvider
             WeightsReport = reportText,
             LayerIds = LayerIds(config.Layers),
             NumLayers = config.Layers,
+            HeadParameters = HeadNames,
         };
     }
 

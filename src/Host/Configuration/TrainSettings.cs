@@ -61,6 +61,10 @@ public sealed class TrainSettings
     public string BadSamples { get; set; } = "stop";
     public string[] Trainable { get; set; } = [];
     public string[] Freeze { get; set; } = [];
+    /// <summary>Layer-wise learning-rate decay (BEiT/MAE finetuning), in (0, 1]: layer l of L gets lr * decay^(L + 1 - l); empty = off.</summary>
+    public double? LayerDecay { get; set; }
+    /// <summary>Epochs at the start that update only the head (the rest keeps its weights and optimizer state); 0 = off.</summary>
+    public int HeadWarmupEpochs { get; set; }
 
     static readonly Dictionary<string, PropertyInfo> Props =
         typeof(TrainSettings).GetProperties().ToDictionary(p => p.Name, StringComparer.OrdinalIgnoreCase);
@@ -130,6 +134,8 @@ public sealed class TrainSettings
         Check(CheckpointEvery >= 0, "Train:CheckpointEvery (--checkpoint-every)", CheckpointEvery, "must be >= 0");
         Check(Augment is "auto" or "flip" or "crop" or "none", "Train:Augment (--augment)", Augment, "must be auto, flip, crop or none");
         Check(Rounding is "nearest" or "kahan", "Train:Rounding (--rounding)", Rounding, "must be nearest or kahan");
+        Check(LayerDecay is null or (> 0 and <= 1), "Train:LayerDecay (--layer-decay)", LayerDecay, "must be in (0, 1] (e.g. 0.75; 1 = no decay)");
+        Check(HeadWarmupEpochs >= 0, "Train:HeadWarmupEpochs (--head-warmup-epochs)", HeadWarmupEpochs, "must be >= 0");
         Check(BadSamples is "stop" or "skip", "Train:BadSamples (--bad-samples)", BadSamples, "must be stop or skip");
         if (DataDir != null) Check(Directory.Exists(DataDir), "Train:DataDir (--data-dir)", DataDir, "folder does not exist");
         if (Resume != null) Check(File.Exists(Resume), "Train:Resume (--resume)", Resume, "checkpoint file does not exist");

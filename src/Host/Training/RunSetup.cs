@@ -15,7 +15,8 @@ namespace OrtFinetune.Host.Training;
 /// </summary>
 public static class RunSetup
 {
-    public sealed record Compiled(ModelDefinition Model, IPrecisionPolicy Policy, TrainingArtifacts Artifacts, Model Optimizer, KernelProbe Kernels);
+    /// <param name="Notes">What the finetuning controls did (layer-wise decay, head-only warm-up), one line each, for the log.</param>
+    public sealed record Compiled(ModelDefinition Model, IPrecisionPolicy Policy, TrainingArtifacts Artifacts, Model Optimizer, KernelProbe Kernels, IReadOnlyList<string> Notes);
 
     /// <summary>What to build: the model by plugin name, its head size, and how to train it.</summary>
     public sealed record Request
@@ -33,6 +34,10 @@ public static class RunSetup
         public IReadOnlyList<string> Trainable { get; init; } = [];
         public IReadOnlyList<string> Freeze { get; init; } = [];
         public double LabelSmoothing { get; init; }
+        /// <summary>Layer-wise learning-rate decay in (0, 1] (<see cref="OrtFinetune.Abstractions.LayerDecay"/>); null = off.</summary>
+        public double? LayerDecay { get; init; }
+        /// <summary>Compile the optimizer for a head-only warm-up (<see cref="OptimizerOptions.HeadParameters"/>); the caller sets <see cref="Trainer.UpdateBody"/>.</summary>
+        public bool HeadWarmup { get; init; }
     }
 
     /// <param name="setting">How the user named the setting, for the error message (e.g. "--precision").</param>
@@ -76,14 +81,60 @@ public static class RunSetup
             Loss = new LossOptions { LabelSmoothing = r.LabelSmoothing },
             Precision = r.Policy, Kernels = kernels,
         });
+        var notes = new List<string>();
+        var multipliers = LayerDecayMultipliers(model, r, compiled.Parameters, notes);
+        var head = HeadParameters(model, r, compiled.Parameters, notes);
         // Without loss scaling a non-finite gradient stops the run, so the optimizer need not guard each update.
         var optimizer = OptimizerBuilder.Build(compiled.Parameters,
             r.Optimizer with
             {
                 Rounding = r.Policy.Rounding, SkipNonFiniteUpdates = r.Policy.LossScaling != null,
                 BucketBytes = OptimizerBuilder.DefaultBucketBytesFor(device.IsCuda),
+                LrMultipliers = multipliers ?? r.Optimizer.LrMultipliers, HeadParameters = head ?? r.Optimizer.HeadParameters,
             },
             compiled.TrainingModel.OpsetOf(""), kernels);
-        return new Compiled(model, r.Policy, compiled, optimizer, kernels);
+        return new Compiled(model, r.Policy, compiled, optimizer, kernels, notes);
+    }
+
+    /// <summary>
+    /// --layer-decay: each trainable parameter's learning-rate multiplier from the model's layer ids
+    /// (<see cref="LayerDecay.Scales"/>); null without layer decay. A model without layer ids is a usage error.
+    /// </summary>
+    public static IReadOnlyDictionary<string, double>? LayerDecayMultipliers(ModelDefinition model, Request r, IReadOnlyList<Tensor> trainable, List<string> notes)
+    {
+        if (r.LayerDecay is not double decay) return null;
+        var scales = LayerDecay.Scales(model, decay)
+            ?? throw new UsageException($"Train:LayerDecay (--layer-decay) = '{decay}': model '{r.Model}' has no layer structure (layer ids) to decay over; use a ViT model or leave --layer-decay out");
+        var missing = trainable.FirstOrDefault(p => !scales.ContainsKey(p.Name));
+        if (missing != null) throw new ModelException($"model '{r.Model}' gives no layer id for parameter '{missing.Name}' (needed by --layer-decay)");
+        var mine = trainable.ToDictionary(p => p.Name, p => scales[p.Name]);
+        if (mine.Count > 0)
+        {
+            var ids = model.LayerIds!;
+            var low = mine.MinBy(kv => kv.Value);
+            var high = mine.MaxBy(kv => kv.Value);
+            string Where(string name) => ids[name] == 0 ? "embeddings" : ids[name] == model.NumLayers + 1 ? "final norm and head" : $"block {ids[name] - 1}";
+            notes.Add(FormattableString.Invariant($"layer-wise lr decay {decay}: multipliers {low.Value:G3} ({Where(low.Key)}) .. {high.Value:G3} ({Where(high.Key)}) over {model.NumLayers + 2} layer groups"));
+        }
+        return mine;
+    }
+
+    /// <summary>
+    /// --head-warmup-epochs: the model's head parameters for the optimizer's head-only updates; null without a warm-up.
+    /// A model that does not name its head, or a head left frozen by --freeze/--trainable, is a usage error.
+    /// </summary>
+    public static IReadOnlyList<string>? HeadParameters(ModelDefinition model, Request r, IReadOnlyList<Tensor> trainable, List<string> notes)
+    {
+        if (!r.HeadWarmup) return null;
+        var head = model.HeadParameters
+            ?? throw new UsageException($"Train:HeadWarmupEpochs (--head-warmup-epochs): model '{r.Model}' does not say which parameters are its head; use a model that does (e.g. a ViT) or leave --head-warmup-epochs out");
+        var names = trainable.Select(p => p.Name).ToHashSet();
+        var trainableHead = head.Where(names.Contains).ToList();
+        if (trainableHead.Count == 0)
+            throw new UsageException($"Train:HeadWarmupEpochs (--head-warmup-epochs): the head parameters ({string.Join(", ", head)}) are not trainable (--freeze/--trainable)");
+        notes.Add(trainableHead.Count < names.Count
+            ? $"head-only warm-up: {string.Join(", ", trainableHead)} alone ({trainableHead.Count} of {names.Count} trainable tensors), then all of them"
+            : $"head-only warm-up: {string.Join(", ", trainableHead)} are the only trainable tensors, so the warm-up changes nothing");
+        return trainableHead;
     }
 }

@@ -74,10 +74,12 @@ public sealed class TrainRun(TrainSettings s, PluginCatalog catalog, ILogger log
         {
             Model = s.Model, Classes = classes, ImageSize = s.ImageSize, Seed = s.Seed, Weights = s.Weights, WeightsFormat = s.WeightsFormat, ModelFile = s.ModelFile,
             Trainable = s.Trainable, Freeze = s.Freeze, LabelSmoothing = s.LabelSmoothing, Policy = policy,
+            LayerDecay = s.LayerDecay, HeadWarmup = s.HeadWarmupEpochs > 0,
             Optimizer = new OptimizerOptions { Type = s.Optimizer, WeightDecay = s.WeightDecay, Momentum = s.Optimizer == "sgd" ? s.Momentum : 0, MaxGradNorm = s.MaxGradNorm },
         }, device);
         var compiled = setup.Artifacts;
         log.LogInformation("model {Model}: {Description}", s.Model, setup.Model.Description);
+        foreach (var note in setup.Notes) log.LogInformation("{Note}", note);
         var report = DtypeReport.Of(compiled.TrainingModel);
         log.LogInformation("precision {Precision}: parameters in {Storage}, compute in {Compute}{Scaler}", policy.Name, policy.StorageType.OnnxName(), policy.ComputeType.OnnxName(),
             policy.LossScaling != null ? $", dynamic loss scaling from {policy.LossScaling.InitScale}" : "");
@@ -169,6 +171,8 @@ public sealed class TrainRun(TrainSettings s, PluginCatalog catalog, ILogger log
         long totalSteps = (long)stepsPerEpoch * s.Epochs;
         var schedule = Schedules.Create(s.Schedule, s.Lr, totalSteps, Math.Min(s.WarmupSteps, totalSteps));
 
+        if (s.HeadWarmupEpochs >= s.Epochs)
+            log.LogWarning("--head-warmup-epochs {Warmup} >= --epochs {Epochs}: this run trains only the head", s.HeadWarmupEpochs, s.Epochs);
         int startEpoch = 0, startBatch = 0;
         if (s.Resume != null)
         {
@@ -200,6 +204,7 @@ public sealed class TrainRun(TrainSettings s, PluginCatalog catalog, ILogger log
                 int micro = 0, batchIndex = epoch == startEpoch ? startBatch : 0;
                 double lossSum = 0; long correct = 0, seen = 0;
                 trainer.LazyResetGrad();
+                trainer.UpdateBody = epoch >= s.HeadWarmupEpochs;   // head-only warm-up: the epoch decides, so a resumed run is in the right phase
                 foreach (var (xs, ys, n) in train.Epoch(epoch, batchIndex, ct))
                 {
                     using var xv = OrtValue.CreateTensorValueFromMemory(xs, [n, model.Channels, model.ImageSize, model.ImageSize]);

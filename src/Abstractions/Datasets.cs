@@ -24,7 +24,15 @@ public interface IImageDataset
     ImageSample Get(int index);
 }
 
-public sealed record DatasetSplits(IImageDataset Train, IImageDataset Validation, IImageDataset Test);
+public sealed record DatasetSplits(IImageDataset Train, IImageDataset Validation, IImageDataset Test)
+{
+    /// <summary>
+    /// The side in pixels of every image when all are square and of one size (28 for MNIST and Fashion-MNIST, 32 for
+    /// CIFAR-10 and shapes); null when unknown or varying. The host's automatic image size (<c>--image-size</c> left
+    /// at 0) follows it for small images.
+    /// </summary>
+    public int? NativeImageSize { get; init; }
+}
 
 /// <summary>What to do with a sample that cannot be read.</summary>
 public enum BadSamplePolicy { Stop, Skip }

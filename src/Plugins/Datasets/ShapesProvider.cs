@@ -27,7 +27,7 @@ public sealed class ShapesProvider : IDatasetProvider
         var classes = ParseClasses(SettingsReader.GetString(request, "classes"));
         var train = new ShapesDataset("shapes/train-all", classes, size, trainSize, request.Seed, 1, noise);
         var test = new ShapesDataset("shapes/test-all", classes, size, testSize, request.Seed, 2, noise);
-        return Splits.Build(Name, request, train, null, test);
+        return Splits.Build(Name, request, train, null, test, nativeImageSize: size);
     }
 
     public static string[] ParseClasses(string? setting)

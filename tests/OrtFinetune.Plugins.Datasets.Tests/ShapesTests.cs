@@ -15,6 +15,8 @@ public class ShapesTests
         Assert.Equal(600, a.Validation.Count);
         Assert.Equal(1000, a.Test.Count);
         Assert.Equal(ShapesProvider.DefaultClassCount, a.Train.ClassNames.Count);
+        Assert.Equal(32, a.NativeImageSize);
+        Assert.Equal(24, Open(7, new() { ["image-size"] = "24" }).NativeImageSize);
         for (int i = 0; i < 20; i++)
         {
             var x = a.Train.Get(i);

@@ -32,6 +32,13 @@ public sealed record DatasetSplits(IImageDataset Train, IImageDataset Validation
     /// at 0) follows it for small images.
     /// </summary>
     public int? NativeImageSize { get; init; }
+
+    /// <summary>
+    /// Passes over the training split for a run that sets none (<c>--epochs</c> left at 0); null = the host's default (10).
+    /// A procedural dataset chooses its size and this together, so that its default run has a known cost (shapes:
+    /// 5 epochs of 14,400 images).
+    /// </summary>
+    public int? DefaultEpochs { get; init; }
 }
 
 /// <summary>What to do with a sample that cannot be read.</summary>

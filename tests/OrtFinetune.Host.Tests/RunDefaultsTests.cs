@@ -14,7 +14,7 @@ public class RunDefaultsTests
     [Fact]
     public void FashionMnistForThreeEpochsGetsItsNativeSizeNoAugmentationAndAFivePercentWarmup()
     {
-        var r = RunDefaults.Resolve(new TrainSettings { Dataset = "fashion-mnist", Epochs = 3 }, 28, VitTiny, 54_000);
+        var r = RunDefaults.Resolve(new TrainSettings { Dataset = "fashion-mnist", Epochs = 3 }, VitTiny, 54_000, 28);
         Assert.Equal((28, "none", 126), (r.Settings.ImageSize, r.Settings.Augment, r.Settings.WarmupSteps));
         Assert.Equal("defaults from the data: image size 28 (the dataset's native size), augmentation none (a run of 3 epochs), warm-up 126 steps (5% of 2,529)", r.Summary);
     }
@@ -23,11 +23,11 @@ public class RunDefaultsTests
     public void ValuesTheUserGaveAreKeptAndNothingIsLogged()
     {
         var s = new TrainSettings { ImageSize = 20, Augment = "flip", WarmupSteps = 100, Epochs = 3 };
-        var r = RunDefaults.Resolve(s, 28, VitTiny, 54_000);
+        var r = RunDefaults.Resolve(s, VitTiny, 54_000, 28);
         Assert.Equal((20, "flip", 100), (r.Settings.ImageSize, r.Settings.Augment, r.Settings.WarmupSteps));
         Assert.Null(r.Summary);
         Assert.NotSame(s, r.Settings);
-        var zero = RunDefaults.Resolve(new TrainSettings { WarmupSteps = 0 }, 28, VitTiny, 54_000);
+        var zero = RunDefaults.Resolve(new TrainSettings { WarmupSteps = 0 }, VitTiny, 54_000, 28);
         Assert.Equal(0, zero.Settings.WarmupSteps);
     }
 
@@ -35,8 +35,19 @@ public class RunDefaultsTests
     public void TheInputSettingsAreNotChanged()
     {
         var s = new TrainSettings();
-        RunDefaults.Resolve(s, 28, VitTiny, 54_000);
-        Assert.Equal((0, "auto", (int?)null), (s.ImageSize, s.Augment, s.WarmupSteps));
+        RunDefaults.Resolve(s, VitTiny, 54_000, 28, 5);
+        Assert.Equal((0, 0, "auto", (int?)null), (s.ImageSize, s.Epochs, s.Augment, s.WarmupSteps));
+    }
+
+    [Fact]
+    public void ShapesWithNothingSetGetsTheDatasetsSizeAndEpochs()
+    {
+        var r = RunDefaults.Resolve(new TrainSettings(), VitTiny, 14_400, 16, 5);
+        Assert.Equal((16, 5, "none", 56), (r.Settings.ImageSize, r.Settings.Epochs, r.Settings.Augment, r.Settings.WarmupSteps));
+        Assert.Equal("defaults from the data: image size 16 (the dataset's native size), epochs 5 (the dataset's own), augmentation none (a run of 5 epochs), warm-up 56 steps (5% of 1,125)", r.Summary);
+        var other = RunDefaults.Resolve(new TrainSettings(), VitTiny, 54_000, 28);   // a dataset without its own epochs
+        Assert.Equal(10, other.Settings.Epochs);
+        Assert.StartsWith("defaults from the data: image size 28 (the dataset's native size), epochs 10 (the default), augmentation none (a run of 10 epochs), warm-up 422 steps", other.Summary);
     }
 
     [Theory]
@@ -61,20 +72,20 @@ public class RunDefaultsTests
         Assert.Equal(32, RunDefaults.ImageSize(null, VitTiny, pretrained: false)!.Value.Size);  // image-folder: sizes vary
         Assert.Equal(32, RunDefaults.ImageSize(16, VitTiny, pretrained: true)!.Value.Size);     // pretrained weights keep theirs
         Assert.Null(RunDefaults.ImageSize(28, null, pretrained: false));                          // --model onnx / auto: the model decides
-        var r = RunDefaults.Resolve(new TrainSettings { Model = "onnx" }, 28, null, 1000);
-        Assert.Equal((0, "auto"), (r.Settings.ImageSize, r.Settings.Augment));                   // 10 epochs at a size the loader learns later
+        var r = RunDefaults.Resolve(new TrainSettings { Model = "onnx", Epochs = 20 }, null, 1000, 28);
+        Assert.Equal((0, "auto"), (r.Settings.ImageSize, r.Settings.Augment));                   // a long run at a size the loader learns later
     }
 
     [Theory]
     [InlineData(1, 28, "none")]
-    [InlineData(9, 28, "none")]
-    [InlineData(10, 28, "flip")]
+    [InlineData(10, 28, "none")]
+    [InlineData(11, 28, "flip")]
     [InlineData(30, 64, "flip")]
-    [InlineData(10, 224, "crop-flip")]
-    [InlineData(3, 224, "none")]
+    [InlineData(20, 224, "crop-flip")]
+    [InlineData(10, 224, "none")]
     public void AutoAugmentationIsNoneForShortRunsAndTheSizeRuleOtherwise(int epochs, int size, string expected)
     {
-        var r = RunDefaults.Resolve(new TrainSettings { Epochs = epochs, ImageSize = size }, null, VitTiny, 6400);
+        var r = RunDefaults.Resolve(new TrainSettings { Epochs = epochs, ImageSize = size }, VitTiny, 6400);
         Assert.Equal(expected, r.Settings.Augment);
     }
 
@@ -87,13 +98,13 @@ public class RunDefaultsTests
     public void WarmupIsFivePercentOfTheRunsStepsAtLeastFive(int images, int batch, int accumulation, int epochs, int expected)
     {
         var s = new TrainSettings { BatchSize = batch, GradientAccumulation = accumulation, Epochs = epochs };
-        Assert.Equal(expected, RunDefaults.Resolve(s, 28, VitTiny, images).Settings.WarmupSteps);
+        Assert.Equal(expected, RunDefaults.Resolve(s, VitTiny, images, 28).Settings.WarmupSteps);
     }
 
     [Fact]
     public void WarmupSummarySaysWhenTheMinimumApplies()
     {
-        var r = RunDefaults.Resolve(new TrainSettings { BatchSize = 32, Epochs = 2, ImageSize = 16, Augment = "none" }, 16, VitTiny, 640);
+        var r = RunDefaults.Resolve(new TrainSettings { BatchSize = 32, Epochs = 2, ImageSize = 16, Augment = "none" }, VitTiny, 640, 16);
         Assert.Equal("defaults from the data: warm-up 5 steps (5% of 40, below the minimum of 5)", r.Summary);
     }
 
@@ -121,6 +132,7 @@ public class RunDefaultsTests
         Assert.StartsWith("Input side in pixels. Default (0): the dataset's native size", options["ImageSize"]);
         Assert.EndsWith("[Train:ImageSize]", options["ImageSize"]);
         Assert.Contains("5% of the run's optimizer steps", options["WarmupSteps"]);
-        Assert.Contains("none for runs of fewer than 10 epochs", options["Augment"]);
+        Assert.Contains("none for runs of up to 10 epochs", options["Augment"]);
+        Assert.Contains("the dataset's own number if it has one (shapes 5), else 10", options["Epochs"]);
     }
 }

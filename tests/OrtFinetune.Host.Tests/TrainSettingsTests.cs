@@ -18,7 +18,7 @@ public class TrainSettingsTests
     [Theory]
     [InlineData("BatchSize", "0", "Train:BatchSize (--batch-size) = '0': must be between 1 and 65536")]
     [InlineData("Lr", "abc", "Train:Lr = 'abc': not a valid number")]
-    [InlineData("Epochs", "-2", "Train:Epochs (--epochs) = '-2': must be at least 1")]
+    [InlineData("Epochs", "-2", "Train:Epochs (--epochs) = '-2': must be at least 1 (or 0: automatic)")]
     [InlineData("Device", "tpu", "Train:Device (--device) = 'tpu'")]
     [InlineData("DataDir", "/no/such/folder", "Train:DataDir (--data-dir) = '/no/such/folder': folder does not exist")]
     [InlineData("Optimizer", "lion", "Train:Optimizer (--optimizer) = 'lion': must be sgd, adam or adamw")]

@@ -5,8 +5,9 @@ namespace OrtFinetune.Host.Configuration;
 
 /// <summary>
 /// The settings whose default follows the data and the run, resolved once when the dataset is open and
-/// before the model is built: the image size (<c>--image-size</c> 0), the augmentation (<c>--augment auto</c>)
-/// and the warm-up (<c>--warmup-steps</c> empty). A value the user gave is never changed. The resolved
+/// before the model is built: the image size (<c>--image-size</c> 0), the epochs (<c>--epochs</c> 0), the
+/// augmentation (<c>--augment auto</c>) and the warm-up (<c>--warmup-steps</c> empty). A value the user gave is
+/// never changed. The resolved
 /// settings are what the run uses and records (settings.json, summary.json), so <c>eval --run</c> and a
 /// resumed run see the same numbers.
 /// </summary>
@@ -16,7 +17,12 @@ public static class RunDefaults
     public const int SmallImage = 64;
     /// <summary>A native size that leaves fewer patches a side than this keeps the model's default (vit-b16 on 28 px would see 2x2 patches).</summary>
     public const int MinPatchesPerSide = 4;
-    /// <summary>Runs of fewer epochs get no augmentation from auto: in a short run it costs accuracy (docs/benchmarks.md, "Defaults that follow the data").</summary>
+    /// <summary>Epochs of a run when neither the user nor the dataset (<see cref="DatasetSplits.DefaultEpochs"/>) sets them.</summary>
+    public const int DefaultEpochs = 10;
+    /// <summary>
+    /// Runs of at most this many epochs get no augmentation from auto: up to here it cost accuracy where measured
+    /// (shapes, 10 epochs: flips -2.5 points; docs/benchmarks.md, "Defaults that follow the data").
+    /// </summary>
     public const int ShortRunEpochs = 10;
     /// <summary>The automatic warm-up: this fraction of the run's optimizer steps ...</summary>
     public const double WarmupFraction = 0.05;
@@ -27,10 +33,15 @@ public static class RunDefaults
     /// <param name="Summary">One line naming each resolved value and why ("defaults from the data: image size 28 (...), ..."); null when nothing was automatic.</param>
     public sealed record Resolved(TrainSettings Settings, string? Summary);
 
-    /// <param name="nativeImageSize">The dataset's image side when all images share one square size (<see cref="DatasetSplits.NativeImageSize"/>).</param>
+    /// <param name="data">The open dataset: its training images, native image size and default epochs.</param>
     /// <param name="model">What the model plugin says about the architecture's input sizes (null: the model decides when it is built).</param>
+    public static Resolved Resolve(TrainSettings s, DatasetSplits data, ModelInputSize? model) =>
+        Resolve(s, model, data.Train.Count, data.NativeImageSize, data.DefaultEpochs);
+
     /// <param name="trainImages">Images in the training split (the steps of the run follow from it).</param>
-    public static Resolved Resolve(TrainSettings s, int? nativeImageSize, ModelInputSize? model, int trainImages)
+    /// <param name="nativeImageSize">The dataset's image side when all images share one square size (<see cref="DatasetSplits.NativeImageSize"/>).</param>
+    /// <param name="datasetEpochs">The dataset's own epochs for a default run (<see cref="DatasetSplits.DefaultEpochs"/>).</param>
+    public static Resolved Resolve(TrainSettings s, ModelInputSize? model, int trainImages, int? nativeImageSize = null, int? datasetEpochs = null)
     {
         var r = s.Clone();
         var parts = new List<string>();
@@ -39,16 +50,22 @@ public static class RunDefaults
             r.ImageSize = size;
             parts.Add($"image size {size} ({why})");
         }
+        if (s.Epochs == 0)
+        {
+            r.Epochs = datasetEpochs is > 0 ? datasetEpochs.Value : DefaultEpochs;
+            parts.Add($"epochs {r.Epochs} ({(datasetEpochs is > 0 ? "the dataset's own" : "the default")})");
+        }
         if (s.Augment == "auto")
         {
             // The image size the loader will see; 0 when the model decides it (then a long run keeps "auto", the loader's rule).
-            r.Augment = s.Epochs < ShortRunEpochs ? "none" : r.ImageSize >= 128 ? "crop-flip" : r.ImageSize > 0 ? "flip" : "auto";
+            bool shortRun = r.Epochs <= ShortRunEpochs;
+            r.Augment = shortRun ? "none" : r.ImageSize >= 128 ? "crop-flip" : r.ImageSize > 0 ? "flip" : "auto";
             if (r.Augment != "auto")
-                parts.Add($"augmentation {r.Augment} ({(s.Epochs < ShortRunEpochs ? $"a run of {s.Epochs} epoch{(s.Epochs == 1 ? "" : "s")}" : $"{s.Epochs} epochs at {r.ImageSize} px")})");
+                parts.Add($"augmentation {r.Augment} ({(shortRun ? $"a run of {r.Epochs} epoch{(r.Epochs == 1 ? "" : "s")}" : $"{r.Epochs} epochs at {r.ImageSize} px")})");
         }
         if (s.WarmupSteps == null)
         {
-            long steps = Steps(s, trainImages);
+            long steps = Steps(r, trainImages);
             r.WarmupSteps = Warmup(steps);
             bool floor = r.WarmupSteps > Math.Round(WarmupFraction * steps, MidpointRounding.AwayFromZero);
             parts.Add(string.Create(CultureInfo.InvariantCulture,

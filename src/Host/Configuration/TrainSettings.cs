@@ -37,12 +37,12 @@ public sealed class TrainSettings
     public string Rounding { get; set; } = "nearest";
     [Description("Also export a float16 inference model (model.fp16.onnx): true or false (default)")]
     public bool ExportFp16 { get; set; }
-    [Description("Passes over the training split (default 10)")]
-    public int Epochs { get; set; } = 10;
+    [Description("Passes over the training split. Default (0): the dataset's own number if it has one (shapes 5), else 10")]
+    public int Epochs { get; set; }
     [Description("Images per optimizer step, per --gradient-accumulation micro-batch (default 64)")]
     public int BatchSize { get; set; } = 64;
-    [Description("Peak learning rate of the schedule (default 0.003)")]
-    public double Lr { get; set; } = 3e-3;
+    [Description("Peak learning rate of the schedule (default 0.001)")]
+    public double Lr { get; set; } = 1e-3;
     [Description("adamw (default), adam or sgd")]
     public string Optimizer { get; set; } = "adamw";
     [Description("Weight decay (default 0.05; decoupled for adamw)")]
@@ -69,15 +69,15 @@ public sealed class TrainSettings
     [Description("Checkpoint to continue from (exactly where it stopped)")]
     public string? Resume { get; set; }
     [Description("Input side in pixels. Default (0): the dataset's native size when its images are square and at most 64 px "
-        + "(Fashion-MNIST 28), rounded to a multiple of the patch size and at least 4 patches a side, "
+        + "(Fashion-MNIST 28, shapes 16), rounded to a multiple of the patch size and at least 4 patches a side, "
         + "unless --weights are given; otherwise the model's own (vit-tiny 32, vit-b16 224)")]
     public int ImageSize { get; set; }
     [Description("Images per split (0 = all, the default), for quick runs")]
     public int Limit { get; set; }
     [Description("Data loader threads (default 2)")]
     public int Workers { get; set; } = 2;
-    [Description("Training augmentation: none, flip, crop, crop-flip, or auto (default): none for runs of fewer than 10 epochs; "
-        + "from 10 epochs flip below 128 px and random resized crop + flip from 128 px")]
+    [Description("Training augmentation: none, flip, crop, crop-flip, or auto (default): none for runs of up to 10 epochs; "
+        + "longer runs flip below 128 px and take random resized crops + flips from 128 px")]
     public string Augment { get; set; } = "auto";
     [Description("ORT's CPU memory arena: true (default; faster steps) or false (lower peak memory; see docs/benchmarks.md)")]
     public bool CpuArena { get; set; } = true;
@@ -151,7 +151,7 @@ public sealed class TrainSettings
     public void Validate(List<string> errors)
     {
         void Check(bool ok, string key, object? value, string rule) { if (!ok) errors.Add($"{key} = '{value}': {rule}"); }
-        Check(Epochs >= 1, "Train:Epochs (--epochs)", Epochs, "must be at least 1");
+        Check(Epochs >= 0, "Train:Epochs (--epochs)", Epochs, "must be at least 1 (or 0: automatic)");
         Check(BatchSize >= 1 && BatchSize <= 65536, "Train:BatchSize (--batch-size)", BatchSize, "must be between 1 and 65536");
         Check(Lr > 0 && Lr < 10 && double.IsFinite(Lr), "Train:Lr (--lr)", Lr, "must be a positive number below 10");
         Check(Optimizer is "sgd" or "adam" or "adamw", "Train:Optimizer (--optimizer)", Optimizer, "must be sgd, adam or adamw");

@@ -141,7 +141,7 @@ public sealed unsafe class Communicator : IDisposable
 
     /// <summary>Rank on this node from MPI itself, when the launcher did not say (MPI_Comm_split_type
     /// with MPI_COMM_TYPE_SHARED: the ranks that share memory with this one).</summary>
-    int NodeRank()
+    internal int NodeRank()
     {
         IntPtr node;
         int rank = 0;

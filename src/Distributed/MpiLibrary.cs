@@ -12,13 +12,15 @@ namespace OrtFinetune.Distributed;
 /// <remarks>
 /// <para><b>Why <c>dlopen(RTLD_NOW | RTLD_GLOBAL)</c>.</b> Open MPI is split into MCA components
 /// (<c>mca_btl_vader.so</c>, <c>mca_pml_ob1.so</c>, ...) that <c>MPI_Init</c> itself dlopens from
-/// <c>/usr/lib/x86_64-linux-gnu/openmpi/lib/openmpi3/</c>. Those plugins are not linked against
-/// libmpi: they expect libmpi's (and libopen-pal's) symbols to be in the global namespace already, as
-/// they are when a C program links <c>-lmpi</c>. <see cref="NativeLibrary.Load(string)"/> and
-/// <c>[DllImport]</c> open libraries with <c>RTLD_LOCAL</c>, so the components would fail to load
-/// ("undefined symbol: ompi_..." or a silent fallback to fewer transports). Hence the one P/Invoke
-/// to libc's <c>dlopen</c> with <c>RTLD_GLOBAL</c>; the handle it returns is an ordinary dlopen
-/// handle, which <see cref="NativeLibrary.GetExport"/> (dlsym) accepts.</para>
+/// <c>/usr/lib/x86_64-linux-gnu/openmpi/lib/openmpi3/</c>. Open MPI's build does not promise that
+/// those plugins are linked against libmpi and libopen-pal: they may expect those symbols to be in the
+/// global namespace already, as they are when a C program links <c>-lmpi</c> (the reason mpi4py and
+/// other language bindings open libmpi with <c>RTLD_GLOBAL</c>). <see cref="NativeLibrary.Load(string)"/>
+/// and <c>[DllImport]</c> open libraries with <c>RTLD_LOCAL</c>, where such a component fails to load
+/// ("undefined symbol: ompi_..." or a silent fallback to fewer transports). Debian's 4.1.4 happens to
+/// link its components and works either way; <c>RTLD_GLOBAL</c> is right for every build. Hence the
+/// one P/Invoke to libc's <c>dlopen</c>; the handle it returns is an ordinary dlopen handle, which
+/// <see cref="NativeLibrary.GetExport"/> (dlsym) accepts.</para>
 /// <para><b>Handles are addresses.</b> In Open MPI's ABI, <c>MPI_Comm</c>, <c>MPI_Datatype</c>,
 /// <c>MPI_Op</c>, <c>MPI_Errhandler</c> and <c>MPI_Info</c> are pointers to structs, and the
 /// predefined handles are the addresses of exported global objects: <c>mpi.h</c> defines

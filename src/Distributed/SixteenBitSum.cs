@@ -36,13 +36,41 @@ internal static unsafe class SixteenBitSum
 
     public static void AddFloat16(ReadOnlySpan<ushort> input, Span<ushort> inout)
     {
-        var a = MemoryMarshal.Cast<ushort, Half>(input);
-        var b = MemoryMarshal.Cast<ushort, Half>(inout);
-        for (int i = 0; i < b.Length; i++) b[i] = (Half)((float)a[i] + (float)b[i]);
+        input = input[..inout.Length];
+        for (int i = 0; i < inout.Length; i++)
+            inout[i] = ToFloat16(FromFloat16(input[i]) + FromFloat16(inout[i]));
+    }
+
+    /// <summary>fp16 to fp32, exact. Normal numbers by rebiasing the exponent (System.Half's conversion
+    /// is several times slower); zeros, subnormals, infinities and NaN through System.Half.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static float FromFloat16(ushort bits)
+    {
+        uint magnitude = bits & 0x7FFFu;
+        if (magnitude - 0x0400u < 0x7800u)   // biased exponent 1..30
+            return BitConverter.UInt32BitsToSingle(((bits & 0x8000u) << 16) | ((magnitude + 0x1_C000u) << 13));   // +(127-15)<<10
+        return (float)BitConverter.UInt16BitsToHalf(bits);
+    }
+
+    /// <summary>fp32 to fp16, round to nearest, ties to even (as System.Half's conversion). Values that
+    /// land in fp16's normal range, or round past its largest (65504) to infinity, take the fast path.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static ushort ToFloat16(float value)
+    {
+        uint bits = BitConverter.SingleToUInt32Bits(value), magnitude = bits & 0x7FFF_FFFFu;
+        if (magnitude - 0x3880_0000u < 0x4780_0000u - 0x3880_0000u)   // 2^-14 <= |value| < 2^16
+        {
+            // Round the 13 dropped bits to nearest even, then rebias the exponent by (127-15)<<23;
+            // a carry moves into the exponent, and from 65520 up into infinity (0x7C00), as it should.
+            uint rounded = (magnitude + 0x0FFFu + ((magnitude >> 13) & 1u) - 0x3800_0000u) >> 13;
+            return (ushort)(((bits >> 16) & 0x8000u) | rounded);
+        }
+        return BitConverter.HalfToUInt16Bits((Half)value);
     }
 
     public static void AddBFloat16(ReadOnlySpan<ushort> input, Span<ushort> inout)
     {
+        input = input[..inout.Length];
         for (int i = 0; i < inout.Length; i++)
             inout[i] = ToBFloat16(FromBFloat16(input[i]) + FromBFloat16(inout[i]));
     }

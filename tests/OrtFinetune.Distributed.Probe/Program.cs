@@ -64,6 +64,10 @@ sealed unsafe class Probe(Communicator comm)
         try { object? nothing = null; _ = nothing!.GetHashCode(); Expect(false, "no NullReferenceException"); }
         catch (NullReferenceException) { }
 
+        // One node: the launcher's local rank, MPI's own count of the ranks sharing this node, and the rank agree.
+        int nodeRank = comm.NodeRank();
+        Expect(comm.LocalRank == Rank && nodeRank == Rank, $"local rank {comm.LocalRank}, node rank {nodeRank}, rank {Rank}");
+
         long total = (long)Size * (Size + 1) / 2;
         foreach (var chunk in new[] { int.MaxValue, 1000 })
         {

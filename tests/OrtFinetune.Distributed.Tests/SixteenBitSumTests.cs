@@ -73,6 +73,36 @@ public sealed class SixteenBitSumTests
     }
 
     [Fact]
+    public void Fp16ConversionsMatchSystemHalf()
+    {
+        // Every fp16 value to fp32 and back.
+        for (int h = 0; h <= 0xFFFF; h++)
+        {
+            var expected = (float)BitConverter.UInt16BitsToHalf((ushort)h);
+            var actual = SixteenBitSum.FromFloat16((ushort)h);
+            Assert.True(BitConverter.SingleToUInt32Bits(expected) == BitConverter.SingleToUInt32Bits(actual) || (float.IsNaN(expected) && float.IsNaN(actual)), $"0x{h:X4}");
+            if (!float.IsNaN(actual)) Assert.Equal(h, SixteenBitSum.ToFloat16(actual));
+        }
+        // fp32 values at, just below and just above every halfway point between fp16 neighbours, and random ones.
+        var rng = new Random(11);
+        IEnumerable<float> Candidates()
+        {
+            for (int h = 0; h < 0x7C00; h++)
+            {
+                float lo = (float)BitConverter.UInt16BitsToHalf((ushort)h), hi = h == 0x7BFF ? 65536f : (float)BitConverter.UInt16BitsToHalf((ushort)(h + 1));
+                float mid = (lo + hi) / 2;   // exact in fp32
+                yield return mid; yield return MathF.BitDecrement(mid); yield return MathF.BitIncrement(mid);
+            }
+            for (int i = 0; i < 200_000; i++) yield return BitConverter.Int32BitsToSingle(rng.Next() | (rng.Next(2) << 31));
+        }
+        foreach (var f in Candidates().SelectMany(f => (float[])[f, -f]))
+        {
+            ushort expected = BitConverter.HalfToUInt16Bits((Half)f), actual = SixteenBitSum.ToFloat16(f);
+            Assert.True(expected == actual || (float.IsNaN(f) && Half.IsNaN(BitConverter.UInt16BitsToHalf(actual))), $"{f:R}: 0x{actual:X4}, want 0x{expected:X4}");
+        }
+    }
+
+    [Fact]
     public void Fp16SumsPropagateNonFiniteAndOverflow()
     {
         Half[] a = [(Half)1, Half.NaN, Half.PositiveInfinity, Half.PositiveInfinity, (Half)60000, (Half)0.5];

@@ -57,10 +57,14 @@ public static class MpiLauncher
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(ranks, 1);
         var args = new List<string> { "-n", ranks.ToString(CultureInfo.InvariantCulture) };
-        if (ranks > slotsAvailable) args.Add("--oversubscribe");
+        // Local runs always oversubscribe: Open MPI counts physical cores as slots, and a VM's logical processors may
+        // be hyperthreads of fewer cores. A hostfile declares its slots itself.
+        if (string.IsNullOrEmpty(hostfile) || ranks > slotsAvailable) args.Add("--oversubscribe");
         if (isRoot) args.Add("--allow-run-as-root");
         if (!string.IsNullOrEmpty(hostfile)) args.AddRange(["--hostfile", hostfile]);
         args.AddRange(["--bind-to", "none", "--mca", "btl", "^openib"]);
+        // mpirun gives each local rank a pseudo-terminal; with TERM=dumb .NET writes no terminal control codes into it.
+        args.AddRange(["-x", "TERM=dumb"]);
         return args;
     }
 

@@ -5,14 +5,16 @@ public sealed class MpiLauncherTests
     [Fact]
     public void ArgumentsForALocalRun()
     {
-        Assert.Equal(["-n", "2", "--bind-to", "none", "--mca", "btl", "^openib"],
+        Assert.Equal(["-n", "2", "--oversubscribe", "--bind-to", "none", "--mca", "btl", "^openib", "-x", "TERM=dumb"],
             MpiLauncher.Arguments(2, slotsAvailable: 2, isRoot: false, hostfile: null));
+        Assert.Equal(["-n", "2", "--hostfile", "hosts.txt", "--bind-to", "none", "--mca", "btl", "^openib", "-x", "TERM=dumb"],
+            MpiLauncher.Arguments(2, slotsAvailable: 2, isRoot: false, hostfile: "hosts.txt"));
     }
 
     [Fact]
     public void MoreRanksThanSlotsAsRootWithAHostfile()
     {
-        Assert.Equal(["-n", "4", "--oversubscribe", "--allow-run-as-root", "--hostfile", "hosts.txt", "--bind-to", "none", "--mca", "btl", "^openib"],
+        Assert.Equal(["-n", "4", "--oversubscribe", "--allow-run-as-root", "--hostfile", "hosts.txt", "--bind-to", "none", "--mca", "btl", "^openib", "-x", "TERM=dumb"],
             MpiLauncher.Arguments(4, slotsAvailable: 2, isRoot: true, hostfile: "hosts.txt"));
     }
 

@@ -65,6 +65,12 @@ public sealed class TrainSettings
     public double? LayerDecay { get; set; }
     /// <summary>Epochs at the start that update only the head (the rest keeps its weights and optimizer state); 0 = off.</summary>
     public int HeadWarmupEpochs { get; set; }
+    /// <summary>Data-parallel ranks per node (one per GPU on CUDA); more than 1 starts them through Open MPI's mpirun.</summary>
+    public int Devices { get; set; } = 1;
+    /// <summary>Nodes of a multi-node data-parallel run (with --hostfile; see docs/distributed.md).</summary>
+    public int NumNodes { get; set; } = 1;
+    /// <summary>Open MPI hostfile naming the nodes of a multi-node run.</summary>
+    public string? Hostfile { get; set; }
 
     static readonly Dictionary<string, PropertyInfo> Props =
         typeof(TrainSettings).GetProperties().ToDictionary(p => p.Name, StringComparer.OrdinalIgnoreCase);
@@ -137,6 +143,11 @@ public sealed class TrainSettings
         Check(LayerDecay is null or (> 0 and <= 1), "Train:LayerDecay (--layer-decay)", LayerDecay, "must be in (0, 1] (e.g. 0.75; 1 = no decay)");
         Check(HeadWarmupEpochs >= 0, "Train:HeadWarmupEpochs (--head-warmup-epochs)", HeadWarmupEpochs, "must be >= 0");
         Check(BadSamples is "stop" or "skip", "Train:BadSamples (--bad-samples)", BadSamples, "must be stop or skip");
+        Check(Devices is >= 1 and <= 1024, "Train:Devices (--devices)", Devices, "must be between 1 and 1024");
+        Check(NumNodes is >= 1 and <= 4096, "Train:NumNodes (--num-nodes)", NumNodes, "must be between 1 and 4096");
+        if (Hostfile != null) Check(File.Exists(Hostfile), "Train:Hostfile (--hostfile)", Hostfile, "file does not exist");
+        Check(NumNodes == 1 || Hostfile != null || Environment.GetEnvironmentVariable("OMPI_COMM_WORLD_SIZE") != null, "Train:NumNodes (--num-nodes)", NumNodes,
+            "a multi-node run needs --hostfile naming the nodes (or start it with mpirun/srun yourself)");
         if (DataDir != null) Check(Directory.Exists(DataDir), "Train:DataDir (--data-dir)", DataDir, "folder does not exist");
         if (Resume != null) Check(File.Exists(Resume), "Train:Resume (--resume)", Resume, "checkpoint file does not exist");
         if (ModelFile != null) Check(File.Exists(ModelFile), "Train:ModelFile (--model-file)", ModelFile, "file does not exist");

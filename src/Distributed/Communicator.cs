@@ -152,6 +152,53 @@ public sealed unsafe class Communicator : IDisposable
     }
 
     /// <summary>
+    /// The mean over all ranks, in place, as torch DDP computes it: each rank first divides its values by
+    /// <see cref="Size"/>, then they are summed (<see cref="AllReduceSum(IntPtr, long, DataType)"/>). Dividing
+    /// first keeps a 16-bit sum from overflowing where the mean would not; for a power-of-two world the
+    /// division is exact in every float type (bar subnormals).
+    /// </summary>
+    public void AllReduceMean(IntPtr data, long count, DataType type)
+    {
+        if (Size > 1) Scale(data, count, type, 1.0 / Size);
+        AllReduceSum(data, count, type);
+    }
+
+    static void Multiply<T>(Span<T> x, T factor) where T : unmanaged, System.Numerics.INumber<T>
+    {
+        var vectors = System.Runtime.InteropServices.MemoryMarshal.Cast<T, System.Numerics.Vector<T>>(x);
+        for (int i = 0; i < vectors.Length; i++) vectors[i] *= factor;
+        for (int i = vectors.Length * System.Numerics.Vector<T>.Count; i < x.Length; i++) x[i] *= factor;
+    }
+
+    static void Scale(IntPtr data, long count, DataType type, double factor)
+    {
+        const long Chunk = 1 << 28;
+        for (long at = 0; at < count; at += Chunk)
+        {
+            int n = (int)Math.Min(Chunk, count - at);
+            switch (type)
+            {
+                case DataType.Float:
+                    Multiply(new Span<float>((float*)data + at, n), (float)factor);
+                    break;
+                case DataType.Double:
+                    Multiply(new Span<double>((double*)data + at, n), factor);
+                    break;
+                case DataType.Float16:
+                    var h = new Span<ushort>((ushort*)data + at, n);
+                    for (int i = 0; i < h.Length; i++) h[i] = SixteenBitSum.ToFloat16((float)(SixteenBitSum.FromFloat16(h[i]) * factor));
+                    break;
+                case DataType.BFloat16:
+                    var b = new Span<ushort>((ushort*)data + at, n);
+                    for (int i = 0; i < b.Length; i++) b[i] = SixteenBitSum.ToBFloat16((float)(SixteenBitSum.FromBFloat16(b[i]) * factor));
+                    break;
+                default:
+                    throw new DistributedException($"AllReduceMean supports float, double, float16 and bfloat16, not {type.OnnxName()}.");
+            }
+        }
+    }
+
+    /// <summary>
     /// Sums <paramref name="count"/> elements at <paramref name="data"/> (host memory) over all ranks,
     /// in place: afterwards every rank holds the same sum. Float, Double and Int64 use MPI's own sum;
     /// Float16 and BFloat16 a user op that adds in fp32 and rounds to nearest even (NaN and infinities

@@ -96,6 +96,31 @@ sealed unsafe class Probe(Communicator comm)
         }
         comm.ChunkElements = int.MaxValue;
 
+        // The mean as DDP computes it (divide by the world size, then sum): (n + 1) / 2 * (i % 7 + 1) in every type;
+        // fp16's 60000 + 60000 overflows as a sum, not as a mean.
+        {
+            var f32 = new float[N]; var f64 = new double[N]; var f16 = new Half[N]; var b16 = new ushort[N];
+            for (int i = 0; i < N; i++)
+            {
+                int v = (Rank + 1) * (i % 7 + 1);
+                f32[i] = v; f64[i] = v; f16[i] = (Half)v; b16[i] = Bf16(v);
+            }
+            f16[3] = (Half)60000;
+            fixed (float* p = f32) comm.AllReduceMean((IntPtr)p, N, DataType.Float);
+            fixed (double* p = f64) comm.AllReduceMean((IntPtr)p, N, DataType.Double);
+            fixed (Half* p = f16) comm.AllReduceMean((IntPtr)p, N, DataType.Float16);
+            fixed (ushort* p = b16) comm.AllReduceMean((IntPtr)p, N, DataType.BFloat16);
+            for (int i = 0; i < N; i++)
+            {
+                double want = (Size + 1) / 2.0 * (i % 7 + 1);
+                Expect(Math.Abs(f32[i] - want) <= 1e-6 * want, $"mean fp32[{i}] = {f32[i]}, want {want}");
+                Expect(f64[i] == want || Math.Abs(f64[i] - want) <= 1e-12 * want, $"mean fp64[{i}] = {f64[i]}, want {want}");
+                if (i != 3) Expect(Math.Abs((float)f16[i] - want) <= 2e-3 * want, $"mean fp16[{i}] = {f16[i]}, want {want}");
+                Expect(Math.Abs(FromBf16(b16[i]) - want) <= 1e-2 * want, $"mean bf16[{i}] = {FromBf16(b16[i])}, want {want}");
+            }
+            Expect(Math.Abs((float)f16[3] - 60000) <= 60000 * 2e-3, $"mean fp16[3] = {f16[3]}, want 60000 (no overflow)");
+        }
+
         Span<double> d = [Rank + 0.5, 1.0];
         comm.AllReduceSum(d);
         Expect(d[0] == total - Size + 0.5 * Size && d[1] == Size, $"Span<double> sum {d[0]}, {d[1]}");

@@ -119,6 +119,26 @@ public class DataParallelTests(ITestOutputHelper log) : IDisposable
         Assert.True(Compare.RelErr(w1["heads.head.weight"], Weights(init)["heads.head.weight"]) > 100 * tolerance);
     }
 
+    [Fact]
+    public void UnderLossScalingEveryRankSkipsTheSameSteps()
+    {
+        NeedsMpi();
+        // fp16 gradients (16-true) from a loss scale of 2^19: some steps overflow, on one rank or both. The summed
+        // gradient is then not finite on every rank, so all skip and back off together: the ranks' weights stay
+        // identical (their digests are compared at the end), with fp16 buckets reduced in fp16.
+        var run = Path.Combine(_tmp, "scaled");
+        var r = Run(["train", .. Tiny, "--limit", "80", "--epochs", "1", "--batch-size", "8", "--precision", "16-true", "--loss-scaling", "true",
+            "--loss-scale-init", "524288", "--devices", "2", "--output", run]);
+        Assert.True(r.Code == 0, r.All);
+        Assert.Contains("weights identical on all 2 ranks", r.All);
+        var summary = JsonDocument.Parse(File.ReadAllText(Path.Combine(run, "summary.json"))).RootElement;
+        int skipped = summary.GetProperty("skipped_steps").GetInt32(), steps = summary.GetProperty("steps").GetInt32();
+        log.WriteLine($"{skipped} skipped, {steps} applied, final scale {summary.GetProperty("loss_scale")}");
+        Assert.True(skipped > 0, "no step overflowed: the agreement was not exercised");
+        Assert.True(steps > 0, "every step overflowed: no update was compared");
+        Assert.Equal(5, skipped + steps);
+    }
+
     [DllImport("libc", SetLastError = true)] static extern int kill(int pid, int sig);
     const int SIGKILL = 9, SIGTERM = 15;
 

@@ -26,6 +26,8 @@ public sealed class TrainSettings
     public string Precision { get; set; } = "auto";
     /// <summary>Dynamic loss scaling: empty = the policy's default (on for 16-mixed), true/false to force.</summary>
     public bool? LossScaling { get; set; }
+    /// <summary>The dynamic loss scale to start from (GradScaler's init_scale), up to 2^24.</summary>
+    public double LossScaleInit { get; set; } = 65536;
     /// <summary>Update rounding of 16-bit parameters: nearest or kahan (true policies).</summary>
     public string Rounding { get; set; } = "nearest";
     /// <summary>Also export a float16 inference model (model.fp16.onnx).</summary>
@@ -139,6 +141,7 @@ public sealed class TrainSettings
         Check(LogEvery >= 1, "Train:LogEvery (--log-every)", LogEvery, "must be at least 1");
         Check(CheckpointEvery >= 0, "Train:CheckpointEvery (--checkpoint-every)", CheckpointEvery, "must be >= 0");
         Check(Augment is "auto" or "flip" or "crop" or "none", "Train:Augment (--augment)", Augment, "must be auto, flip, crop or none");
+        Check(LossScaleInit is >= 1 and <= 1 << 24, "Train:LossScaleInit (--loss-scale-init)", LossScaleInit, "must be between 1 and 16777216 (2^24)");
         Check(Rounding is "nearest" or "kahan", "Train:Rounding (--rounding)", Rounding, "must be nearest or kahan");
         Check(LayerDecay is null or (> 0 and <= 1), "Train:LayerDecay (--layer-decay)", LayerDecay, "must be in (0, 1] (e.g. 0.75; 1 = no decay)");
         Check(HeadWarmupEpochs >= 0, "Train:HeadWarmupEpochs (--head-warmup-epochs)", HeadWarmupEpochs, "must be >= 0");

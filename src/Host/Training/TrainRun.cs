@@ -63,6 +63,7 @@ public sealed class TrainRun(TrainSettings s, PluginCatalog catalog, ILogger log
         var policy = RunSetup.ResolvePrecision(catalog, s.Precision, device, "Train:Precision (--precision)", new PrecisionOptions
         {
             LossScaling = s.LossScaling,
+            Scaler = new LossScalerSettings { InitScale = s.LossScaleInit },
             Rounding = s.Rounding == "kahan" ? UpdateRounding.Kahan : UpdateRounding.Nearest,
         });
 

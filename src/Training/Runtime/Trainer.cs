@@ -28,8 +28,8 @@ public sealed record TrainerOptions
     public LossScalerSettings? LossScaling { get; init; }
     /// <summary>
     /// Data parallel (torch DDP's semantics): every rank builds the same trainer; rank 0's weights and buffers are
-    /// broadcast at construction, and OptimizerStep averages the accumulated gradients over the ranks (an in-place
-    /// sum of each flat bucket, the division folded into the optimizer's grad_scale) before clipping and the update.
+    /// broadcast at construction, and OptimizerStep averages the accumulated gradients over the ranks (each flat
+    /// bucket divided by the world size and summed in place, as DDP does) before clipping and the update.
     /// A non-finite gradient on any rank makes the sum non-finite on every rank, so all ranks skip together.
     /// Null or one rank: a single-process trainer.
     /// </summary>
@@ -385,16 +385,15 @@ public sealed class Trainer : IDisposable
         float scale = Scaler?.Scale ?? 1f;
         if (!UpdateBody && _bodyStep == null)
             throw new TrainingException("a head-only update needs an optimizer model compiled with head parameters (OptimizerOptions.HeadParameters)");
-        int ranks = _o.Communicator?.Size ?? 1;
         if (_o.Communicator is { Size: > 1 } c)
         {
             long t0 = System.Diagnostics.Stopwatch.GetTimestamp();
-            foreach (var (v, t, n) in GradientBuffers()) _dev.OnHost(v, p => c.AllReduceSum(p, n, t));
+            foreach (var (v, t, n) in GradientBuffers()) _dev.OnHost(v, p => c.AllReduceMean(p, n, t));
             AllReduceTime += System.Diagnostics.Stopwatch.GetElapsedTime(t0);
         }
         _step.Value = Step + 1;
         if (_bodyStep != null) _bodyStep.Value = UpdateBody ? BodyStep + 1 : 0;
-        _gradScale.Value = scale * ranks;   // the optimizer divides by it: the loss scale and the mean over ranks
+        _gradScale.Value = scale;
         _optim.RunWithBinding(_run, _optimBinding);
         _optimBinding.SynchronizeBoundOutputs();
         bool finite = _allFinite.GetTensorDataAsSpan<bool>()[0];

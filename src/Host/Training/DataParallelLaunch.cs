@@ -34,6 +34,7 @@ public static class DataParallelLaunch
         var args = new List<string>();
         if (File.Exists("/usr/bin/setsid")) args.Add(mpirun);
         args.AddRange(MpiLauncher.Arguments(ranks, s.Hostfile));
+        if (s.NumNodes > 1) args.AddRange(["--map-by", $"ppr:{s.Devices}:node"]);   // --devices ranks on each node of the hostfile
         args.Add(self.FileName);
         args.AddRange(self.ArgumentList);
         var psi = new ProcessStartInfo(File.Exists("/usr/bin/setsid") ? "/usr/bin/setsid" : mpirun, args) { UseShellExecute = false };

@@ -137,7 +137,7 @@ public class PluginSdkTests(ITestOutputHelper log) : IDisposable
         var kinds = new (string Kind, string Name)[] { ("dataset", "MyData"), ("model", "MyModel"), ("precision", "MyPolicy") };
         foreach (var (kind, name) in kinds)
         {
-            sdk.Ok("dotnet new " + kind, "dotnet", ["new", "ortfinetune-plugin", "--kind", kind, "-n", name, "-o", Path.Combine(work, name), "--debug:custom-hive", hive], work, newEnv);
+            sdk.Ok("dotnet new " + kind, "dotnet", ["new", "ortfinetune-plugin", "--kind", kind, "-n", name, "-o", Path.Combine(work, name), "--no-update-check", "--debug:custom-hive", hive], work, newEnv);
             var project = XDocument.Load(Path.Combine(work, name, name + ".csproj"));
             var reference = project.Descendants("PackageReference").Single(r => (string?)r.Attribute("Include") == "OrtFinetune.Abstractions");
             Assert.Equal(version, (string?)reference.Attribute("Version"));
@@ -225,6 +225,8 @@ public class ToolPackageTests(ITestOutputHelper log) : IDisposable
         var sdk = new Sdk(log, Dir("scratch"));
         var feed = Dir("feed");
         // The publish folder the tool package is made from: a folder of this test (the default is the project's bin).
+        // Packing still writes its own intermediates (DotnetToolSettings.xml, the publish deps.json and file list) under
+        // src/Host/obj; nothing else reads them, and the host's bin (which other tests run) is only read.
         sdk.Pack("src/Host/OrtFinetune.Host.csproj", feed, $"-p:PublishDir={Dir("scratch/publish")}/");
         var (package, version) = Sdk.Package(feed, "ortfinetune");
         var entries = Sdk.Entries(package);

@@ -163,7 +163,7 @@ public class PluginSdkTests(ITestOutputHelper log) : IDisposable
             "<Solution>\n" + string.Concat(kinds.Select(k => $"  <Project Path=\"{k.Name}/{k.Name}.csproj\" />\n")) + "</Solution>\n");
         var plugins = Path.Combine(_tmp, "plugins");
         var buildEnv = new Dictionary<string, string?> { ["NUGET_PACKAGES"] = Dir("packages") };
-        sdk.Ok("build the plugins", "dotnet", ["build", "plugins.slnx", "-c", "Release", $"-p:PluginsDir={plugins}", "--disable-build-servers", "-nologo"], work, buildEnv);
+        sdk.Ok("build the plugins", "dotnet", ["build", "plugins.slnx", "-c", "Release", $"-p:PluginsDir={plugins}", "-nodeReuse:false", "-nologo"], work, buildEnv);
         foreach (var (_, name) in kinds)
         {
             Assert.True(File.Exists(Path.Combine(plugins, name, name + ".dll")), $"{name}.dll was not copied to {plugins}/{name}");

@@ -15,7 +15,7 @@ namespace OrtFinetune.Host.Tests;
 /// a clean stop on SIGTERM, a rank that dies, resume rules and a missing MPI. Tiny runs: vit-tiny at 16 px, one
 /// thread per rank.
 /// </summary>
-[Trait("Category", "Distributed")]
+[Trait("Category", "Distributed"), Collection(Name)]
 public class DataParallelTests(ITestOutputHelper log) : IDisposable
 {
     readonly string _tmp = Directory.CreateTempSubdirectory("ortfinetune-ddp-").FullName;
@@ -70,6 +70,9 @@ public class DataParallelTests(ITestOutputHelper log) : IDisposable
         int d = w.Length / 3;
         return [.. w.Take(d), .. w.Skip(2 * d)];
     }
+
+    /// <summary>Two ranks on 2 cores load the machine fully: these tests run apart from the others (timing limits elsewhere).</summary>
+    public const string Name = "data-parallel";
 
     [Theory]
     [InlineData("sgd", 1, 1e-5)]
@@ -238,3 +241,6 @@ public class DataParallelTests(ITestOutputHelper log) : IDisposable
         Assert.DoesNotContain("   at ", r.Err);
     }
 }
+
+[CollectionDefinition(DataParallelTests.Name, DisableParallelization = true)]
+public sealed class DataParallelCollection;

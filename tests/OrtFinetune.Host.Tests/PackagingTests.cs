@@ -274,8 +274,11 @@ public class ToolPackageTests(ITestOutputHelper log) : IDisposable
     }
 }
 
-/// <summary>The packaging tests pack, build and install one after the other (each is CPU-heavy for a few seconds).</summary>
-[CollectionDefinition(Name)]
+/// <summary>
+/// The packaging tests pack, build and install one after the other, and apart from every other test (each is CPU-heavy:
+/// beside them the timing limits of the signal tests were missed on 2 cores).
+/// </summary>
+[CollectionDefinition(Name, DisableParallelization = true)]
 public sealed class PackagingCollection
 {
     public const string Name = "packaging";

@@ -2,13 +2,16 @@ using OrtFinetune.Onnx;
 
 namespace OrtFinetune.Abstractions;
 
+/// <summary>What the host asks a <see cref="IModelProvider"/> to build (from the command line and the dataset).</summary>
 public sealed record ModelRequest
 {
     /// <summary>Architecture name as listed by the provider (e.g. "vit-small", "vit-b16", "vit-l16", "onnx").</summary>
     public required string Architecture { get; init; }
+    /// <summary>Number of classes of the dataset: the size of the logits' last axis.</summary>
     public required int NumClasses { get; init; }
     /// <summary>Input image side in pixels (square), or 0 for the architecture's default.</summary>
     public int ImageSize { get; init; }
+    /// <summary>Channels of the input images the host will feed (3 today: grayscale data is expanded to RGB).</summary>
     public int Channels { get; init; } = 3;
     /// <summary>Optional pretrained weights: a safetensors file, a folder, or a sharded index (model.safetensors.index.json).</summary>
     public string? WeightsPath { get; init; }
@@ -16,19 +19,30 @@ public sealed record ModelRequest
     public string? WeightsFormat { get; init; }
     /// <summary>Forward ONNX model to import, for providers that import files.</summary>
     public string? ModelPath { get; init; }
+    /// <summary>The run's seed (<c>--seed</c>): initial weights must depend on it alone.</summary>
     public int Seed { get; init; }
 }
 
 /// <summary>A forward model ready for the compiler: logits as its first output, input (N, C, H, W).</summary>
 public sealed record ModelDefinition
 {
+    /// <summary>
+    /// The forward graph: one float input (N, C, H, W) with a symbolic batch dimension, the logits (N, classes)
+    /// as its first output. Float initializers are the trainable parameters; constants that must not train go
+    /// in Constant nodes. Built from standard ONNX operators that the training compiler has gradient rules for.
+    /// </summary>
     public required Model Forward { get; init; }
+    /// <summary>Name of the image input of <see cref="Forward"/>.</summary>
     public required string InputName { get; init; }
+    /// <summary>Side of the square input images in pixels; the host resizes samples to it.</summary>
     public required int ImageSize { get; init; }
+    /// <summary>Channels of the input (C).</summary>
     public required int Channels { get; init; }
     /// <summary>Per-channel normalization the model expects (after scaling pixels to [0, 1]).</summary>
     public required float[] Mean { get; init; }
+    /// <summary>Per-channel standard deviation the model expects; every value positive and finite.</summary>
     public required float[] Std { get; init; }
+    /// <summary>One line for the run's log and summary, e.g. the architecture and parameter count.</summary>
     public string Description { get; init; } = "";
     /// <summary>
     /// Depth of each parameter for layer-wise learning-rate decay (BEiT/MAE finetuning recipes): 0 for the
@@ -50,9 +64,17 @@ public sealed record ModelDefinition
 /// <summary>A model plugin: builds forward graphs for the architectures it knows.</summary>
 public interface IModelProvider
 {
+    /// <summary>The provider's name, for messages.</summary>
     string Name { get; }
+    /// <summary>The names used on the command line (<c>--model NAME</c>); lower-case, unique among all plugins.</summary>
     IReadOnlyList<string> Architectures { get; }
+    /// <summary>One line for <c>ortfinetune plugins</c>.</summary>
     string Description { get; }
+    /// <summary>
+    /// Builds <see cref="ModelRequest.Architecture"/> with fresh (seeded) or loaded weights. A bad setting or
+    /// weights file throws <see cref="ModelException"/> naming it; any other exception is reported by the host
+    /// as a failure of this plugin.
+    /// </summary>
     ModelDefinition Create(ModelRequest request);
 
     /// <summary>
@@ -62,6 +84,7 @@ public interface IModelProvider
     ModelInputSize? InputSize(string architecture) => null;
 }
 
+/// <summary>The input sizes an architecture takes (<see cref="IModelProvider.InputSize"/>).</summary>
 /// <param name="DefaultSize">The side in pixels the architecture is built for when the request gives none.</param>
 /// <param name="Multiple">Every side must be a multiple of this (a ViT's patch size; 1 = any).</param>
 public sealed record ModelInputSize(int DefaultSize, int Multiple);
@@ -69,6 +92,7 @@ public sealed record ModelInputSize(int DefaultSize, int Multiple);
 /// <summary>A model cannot be built or its weights loaded; the message names the file or setting.</summary>
 public class ModelException : Exception
 {
+    /// <summary>An error whose <paramref name="message"/> names the file or setting.</summary>
     public ModelException(string message, Exception? inner = null) : base(message, inner) { }
 }
 
@@ -96,6 +120,7 @@ public interface IWeightExporter
 /// </summary>
 public static class LayerDecay
 {
+    /// <summary>The learning-rate multiplier of a parameter at depth <paramref name="layerId"/> of <paramref name="numLayers"/> blocks.</summary>
     public static double Scale(int layerId, int numLayers, double decay) => Math.Pow(decay, numLayers + 1 - layerId);
 
     /// <summary>The multiplier of every parameter of <paramref name="model"/>; null when it has no layer ids.</summary>

@@ -11,15 +11,20 @@ namespace OrtFinetune.Abstractions;
 /// </summary>
 public sealed record LossScalerSettings
 {
+    /// <summary>The scale of the first step (GradScaler's init_scale, 2^16).</summary>
     public double InitScale { get; init; } = 65536.0;
+    /// <summary>Multiplier after <see cref="GrowthInterval"/> finite steps in a row (&gt; 1).</summary>
     public double GrowthFactor { get; init; } = 2.0;
+    /// <summary>Multiplier after a step with a non-finite gradient, which is skipped (in (0, 1)).</summary>
     public double BackoffFactor { get; init; } = 0.5;
+    /// <summary>Finite steps in a row before the scale grows.</summary>
     public int GrowthInterval { get; init; } = 2000;
     /// <summary>Smallest scale before the run is stopped; default 2^-24 (fp16's smallest subnormal).</summary>
     public double MinScale { get; init; } = 1.0 / (1 << 24);
     /// <summary>Largest scale; growth stops there (fp32 holds up to ~3.4e38; 2^24 keeps scaled fp16 gradients sane).</summary>
     public double MaxScale { get; init; } = 1 << 24;
 
+    /// <summary>Throws <see cref="PrecisionException"/> naming the first setting out of range.</summary>
     public void Validate()
     {
         if (!(InitScale > 0) || double.IsInfinity(InitScale)) throw new PrecisionException($"loss scale {InitScale} must be a positive finite number");
@@ -51,11 +56,13 @@ public sealed record AutocastLists
     /// <summary>Numerically sensitive ops kept in fp32 (PyTorch autocast's fp32 list, mapped to ONNX).</summary>
     public IReadOnlySet<string> FullPrecision { get; init; } = DefaultFull;
 
+    /// <summary>The default <see cref="LowPrecision"/> list.</summary>
     public static readonly IReadOnlySet<string> DefaultLow = new HashSet<string>
     {
         "MatMul", "Gemm", "Conv", "ConvTranspose", "Einsum", "PRelu", "MatMulInteger", "Attention",
     };
 
+    /// <summary>The default <see cref="FullPrecision"/> list.</summary>
     public static readonly IReadOnlySet<string> DefaultFull = new HashSet<string>
     {
         "Softmax", "LogSoftmax", "LayerNormalization", "BatchNormalization", "GroupNormalization", "InstanceNormalization",
@@ -81,6 +88,7 @@ public sealed record PrecisionOptions
 {
     /// <summary>Dynamic loss scaling: null = the policy's default (on for 16-mixed, off otherwise).</summary>
     public bool? LossScaling { get; init; }
+    /// <summary>Scaler settings used when loss scaling is on.</summary>
     public LossScalerSettings Scaler { get; init; } = new();
     /// <summary>Update rounding for 16-bit parameters (true policies only).</summary>
     public UpdateRounding Rounding { get; init; } = UpdateRounding.Nearest;
@@ -120,6 +128,7 @@ public interface IPrecisionPolicy
     string Name { get; }
     /// <summary>Other names accepted for it, e.g. "16".</summary>
     IReadOnlyList<string> Aliases { get; }
+    /// <summary>One line for <c>ortfinetune plugins</c> and the run's precision report.</summary>
     string Description { get; }
     /// <summary>The dtype the compute-bound ops run in.</summary>
     DataType ComputeType { get; }
@@ -127,6 +136,7 @@ public interface IPrecisionPolicy
     DataType StorageType { get; }
     /// <summary>Dynamic loss scaling settings, or null when the policy does not scale the loss.</summary>
     LossScalerSettings? LossScaling { get; }
+    /// <summary>How 16-bit parameters receive their updates (<see cref="UpdateRounding.Nearest"/> for fp32 storage).</summary>
     UpdateRounding Rounding { get; }
 
     /// <summary>Rewrites the forward model before autodiff (default: nothing).</summary>
@@ -142,6 +152,7 @@ public interface IPrecisionPolicy
 /// <summary>The one place precision names are parsed.</summary>
 public static class PrecisionNames
 {
+    /// <summary>The name that picks a policy from the device (see <see cref="Resolve"/>).</summary>
     public const string Auto = "auto";
 
     /// <summary>
@@ -166,5 +177,6 @@ public static class PrecisionNames
 /// <summary>A precision setting is unknown or an invalid combination; the message says which.</summary>
 public class PrecisionException : Exception
 {
+    /// <summary>An error whose <paramref name="message"/> names the setting or combination.</summary>
     public PrecisionException(string message, Exception? inner = null) : base(message, inner) { }
 }

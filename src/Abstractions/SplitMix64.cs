@@ -9,8 +9,10 @@ public struct SplitMix64
 {
     private ulong _state;
 
+    /// <summary>A generator starting from <paramref name="seed"/> (e.g. from <see cref="Hash"/>).</summary>
     public SplitMix64(ulong seed) { _state = seed; }
 
+    /// <summary>SplitMix64's finalizer: a bijective mix of the 64 bits of <paramref name="z"/>.</summary>
     public static ulong Mix(ulong z)
     {
         z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9UL;
@@ -26,6 +28,7 @@ public struct SplitMix64
         return h;
     }
 
+    /// <summary>The next 64 uniformly distributed bits.</summary>
     public ulong NextUInt64() { _state += 0x9E3779B97F4A7C15UL; return Mix(_state); }
 
     /// <summary>Uniform in [0, 1).</summary>
@@ -34,6 +37,7 @@ public struct SplitMix64
     /// <summary>Uniform integer in [lo, hi) (hi &gt; lo), like torch.randint(lo, hi).</summary>
     public int Next(int lo, int hi) => lo + (int)(NextUInt64() % (ulong)(hi - lo));
 
+    /// <summary>Uniform in [lo, hi).</summary>
     public double Uniform(double lo, double hi) => lo + (hi - lo) * NextDouble();
 
     /// <summary>A seeded permutation of 0..n-1 (Fisher-Yates).</summary>

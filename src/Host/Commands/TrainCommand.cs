@@ -3,7 +3,10 @@ using Microsoft.Extensions.Configuration;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Logging.Console;
+using System.Runtime.InteropServices;
 using OrtFinetune.Abstractions;
+using OrtFinetune.Distributed;
 using OrtFinetune.Host.Configuration;
 using OrtFinetune.Host.Plugins;
 using OrtFinetune.Host.Training;
@@ -83,29 +86,56 @@ public static class TrainCommand
 
     public static int Execute(Dictionary<string, string?> commandLine, bool verbose, bool evaluateOnly = false, string? exportTo = null)
     {
+        // A rank of a data-parallel job (started by mpirun or srun) joins it before anything else; other processes never load MPI.
+        Communicator? comm;
+        try { comm = evaluateOnly || exportTo != null ? null : Communicator.FromEnvironment(); }
+        catch (DistributedException e) { Console.Error.WriteLine($"error: {e.Message}"); return ExitCodes.Usage; }
+        if (comm == null) return Execute(commandLine, verbose, evaluateOnly, exportTo, null);
+        int code = Execute(commandLine, verbose, evaluateOnly, exportTo, comm);
+        // A failed rank ends the whole job (the others may be waiting for it in a collective); a finished or
+        // interrupted one leaves MPI with the others.
+        if (code is not (ExitCodes.Ok or ExitCodes.Interrupted)) comm.Abort(code);
+        comm.Dispose();
+        return code;
+    }
+
+    static int Execute(Dictionary<string, string?> commandLine, bool verbose, bool evaluateOnly, string? exportTo, Communicator? comm)
+    {
+        string rank = comm != null ? $"rank {comm.Rank}: " : "";
         var builder = HostSetup.CreateBuilder(commandLine, verbose);
+        if (comm is { IsRoot: false }) builder.Logging.AddFilter(level => level >= LogLevel.Warning);   // rank 0 reports for all
+        // mpirun relays the ranks' output through pseudo-terminals whatever its own output is: no colour codes there.
+        if (comm != null) builder.Services.Configure<SimpleConsoleFormatterOptions>(o => o.ColorBehavior = LoggerColorBehavior.Disabled);
         using var host = builder.Build();
         var log = host.Services.GetRequiredService<ILoggerFactory>().CreateLogger("train");
         var errors = new List<string>();
         var s = TrainSettings.FromConfiguration(host.Services.GetRequiredService<IConfiguration>(), errors);
         s.Validate(errors);
+        int ranks = s.Devices * s.NumNodes;
+        if (comm != null && ranks > 1 && ranks != comm.Size)
+            errors.Add($"Train:Devices (--devices) x Train:NumNodes (--num-nodes) = {ranks}, but this job has {comm.Size} ranks");
         if (errors.Count > 0)
         {
-            foreach (var e in errors) Console.Error.WriteLine($"error: {e}");
+            foreach (var e in errors) Console.Error.WriteLine($"error: {rank}{e}");
             return ExitCodes.Usage;
         }
+        if (comm == null && ranks > 1 && !evaluateOnly && exportTo == null)
+            return DataParallelLaunch.Run(s, Environment.GetCommandLineArgs()[1..]);
+        if (comm != null && s.Device == "cuda") s.Device = $"cuda:{comm.LocalRank}";   // one GPU per rank of a node
         host.Start();
         var lifetime = host.Services.GetRequiredService<IHostApplicationLifetime>();
+        // mpirun forwards SIGUSR1 to every rank: the launcher's way to ask for a clean stop (see DataParallelLaunch).
+        using var usr1 = comm != null ? PosixSignalRegistration.Create((PosixSignal)10, ctx => { ctx.Cancel = true; lifetime.StopApplication(); }) : null;
         try
         {
             var catalog = host.Services.GetRequiredService<PluginCatalog>();
-            var run = new TrainRun(s, catalog, log, (ds, model, training, settings) => new LoaderBatchSource(ds, model, training, settings));
+            var run = new TrainRun(s, catalog, log, (ds, model, training, settings) => new LoaderBatchSource(ds, model, training, settings, comm?.Rank ?? 0, comm?.Size ?? 1), comm);
             var ct = lifetime.ApplicationStopping;
             return exportTo != null ? run.Export(exportTo) : evaluateOnly ? run.Evaluate(ct) : run.Train(ct);
         }
         catch (Exception e) when (Classify(e) is int code)
         {
-            Console.Error.WriteLine($"error: {e.Message}");
+            Console.Error.WriteLine($"error: {rank}{e.Message}");
             return code;
         }
         finally
@@ -121,7 +151,7 @@ public static class TrainCommand
         UsageException => ExitCodes.Usage,
         DatasetException or ModelException or OnnxFormatException or CheckpointException or IOException or UnauthorizedAccessException => ExitCodes.BadInput,
         CompileException => ExitCodes.Compile,
-        NumericalException or TrainingException => ExitCodes.TrainingFailed,
+        NumericalException or TrainingException or DistributedException => ExitCodes.TrainingFailed,
         Abstractions.PrecisionException => ExitCodes.Usage,
         AggregateException a when a.InnerExceptions.Count == 1 => Classify(a.InnerExceptions[0]),
         _ => null,

@@ -33,6 +33,8 @@ public sealed class TrainSettings
     public string Precision { get; set; } = "auto";
     [Description("Dynamic loss scaling: true or false (default: the policy's, on for 16-mixed)")]
     public bool? LossScaling { get; set; }
+    [Description("The dynamic loss scale to start from (GradScaler's init_scale), 1 to 2^24 (default 65536)")]
+    public double LossScaleInit { get; set; } = 65536;
     [Description("Update rounding of 16-bit parameters: nearest (default) or kahan (compensated; true policies)")]
     public string Rounding { get; set; } = "nearest";
     [Description("Also export a float16 inference model (model.fp16.onnx): true or false (default)")]
@@ -97,6 +99,12 @@ public sealed class TrainSettings
     public double? LayerDecay { get; set; }
     [Description("Epochs at the start that update only the head; the rest keeps its weights and optimizer state (default 0 = off)")]
     public int HeadWarmupEpochs { get; set; }
+    [Description("Data-parallel ranks per node (default 1; one per GPU on CUDA); more than 1 starts them through Open MPI's mpirun")]
+    public int Devices { get; set; } = 1;
+    [Description("Nodes of a multi-node data-parallel run (default 1; with --hostfile; see docs/distributed.md)")]
+    public int NumNodes { get; set; } = 1;
+    [Description("Open MPI hostfile naming the nodes of a multi-node run")]
+    public string? Hostfile { get; set; }
 
     /// <summary>A copy (arrays shared: they are never changed in place).</summary>
     public TrainSettings Clone() => (TrainSettings)MemberwiseClone();
@@ -168,10 +176,16 @@ public sealed class TrainSettings
         Check(LogEvery >= 1, "Train:LogEvery (--log-every)", LogEvery, "must be at least 1");
         Check(CheckpointEvery >= 0, "Train:CheckpointEvery (--checkpoint-every)", CheckpointEvery, "must be >= 0");
         Check(Augment is "auto" or "flip" or "crop" or "crop-flip" or "none", "Train:Augment (--augment)", Augment, "must be auto, flip, crop, crop-flip or none");
+        Check(LossScaleInit is >= 1 and <= 1 << 24, "Train:LossScaleInit (--loss-scale-init)", LossScaleInit, "must be between 1 and 16777216 (2^24)");
         Check(Rounding is "nearest" or "kahan", "Train:Rounding (--rounding)", Rounding, "must be nearest or kahan");
         Check(LayerDecay is null or (> 0 and <= 1), "Train:LayerDecay (--layer-decay)", LayerDecay, "must be in (0, 1] (e.g. 0.75; 1 = no decay)");
         Check(HeadWarmupEpochs >= 0, "Train:HeadWarmupEpochs (--head-warmup-epochs)", HeadWarmupEpochs, "must be >= 0");
         Check(BadSamples is "stop" or "skip", "Train:BadSamples (--bad-samples)", BadSamples, "must be stop or skip");
+        Check(Devices is >= 1 and <= 1024, "Train:Devices (--devices)", Devices, "must be between 1 and 1024");
+        Check(NumNodes is >= 1 and <= 4096, "Train:NumNodes (--num-nodes)", NumNodes, "must be between 1 and 4096");
+        if (Hostfile != null) Check(File.Exists(Hostfile), "Train:Hostfile (--hostfile)", Hostfile, "file does not exist");
+        Check(NumNodes == 1 || Hostfile != null || Environment.GetEnvironmentVariable("OMPI_COMM_WORLD_SIZE") != null, "Train:NumNodes (--num-nodes)", NumNodes,
+            "a multi-node run needs --hostfile naming the nodes (or start it with mpirun/srun yourself)");
         if (DataDir != null) Check(Directory.Exists(DataDir), "Train:DataDir (--data-dir)", DataDir, "folder does not exist");
         if (Resume != null) Check(File.Exists(Resume), "Train:Resume (--resume)", Resume, "checkpoint file does not exist");
         if (ModelFile != null) Check(File.Exists(ModelFile), "Train:ModelFile (--model-file)", ModelFile, "file does not exist");

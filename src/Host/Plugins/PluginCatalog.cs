@@ -1,4 +1,6 @@
 using System.Reflection;
+using System.Reflection.Metadata;
+using System.Reflection.PortableExecutable;
 using McMaster.NETCore.Plugins;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Logging;
@@ -13,7 +15,9 @@ public sealed record PluginInfo(string Name, string Path, string Version, IReadO
 /// Finds plugins in the configured folders (each plugin in &lt;folder&gt;/&lt;Name&gt;/&lt;Name&gt;.dll), loads them
 /// with McMaster.NETCore.Plugins sharing the contract assemblies with the host, and collects their
 /// providers by name. A plugin that fails to load, or claims a name another plugin already has, is
-/// reported by name and skipped; the others still load.
+/// reported by name and skipped; the others still load. A plugin built against another major version of
+/// the contracts (OrtFinetune.Abstractions), or a newer one than the host's, is refused before it is loaded,
+/// with an error naming the plugin and both versions.
 /// </summary>
 public sealed class PluginCatalog
 {
@@ -37,6 +41,49 @@ public sealed class PluginCatalog
         typeof(IPlugin), typeof(IDatasetProvider), typeof(IModelProvider), typeof(OrtFinetune.Onnx.Model),
         typeof(IServiceCollection), typeof(ILogger), typeof(ILoggerFactory),
     ];
+
+    /// <summary>
+    /// The contract assemblies whose version a plugin is checked against: OrtFinetune.Abstractions and the IR it
+    /// exposes (OrtFinetune.Onnx); one version for both (Directory.Build.props).
+    /// </summary>
+    public static IReadOnlyList<AssemblyName> ContractAssemblies { get; } =
+        [typeof(IPlugin).Assembly.GetName(), typeof(OrtFinetune.Onnx.Model).Assembly.GetName()];
+
+    /// <summary>
+    /// Null when <paramref name="dll"/> references the contract assemblies at a version this host can serve:
+    /// the same major version, and not a newer one (a plugin built against 1.3 may use members a 1.0 host
+    /// lacks). Otherwise the error, naming the plugin and both versions. Reads the plugin's assembly references
+    /// from its metadata without loading it; a file that is not an assembly is left to the loader to report.
+    /// </summary>
+    public static string? ContractMismatch(string name, string dll)
+    {
+        try
+        {
+            using var stream = File.OpenRead(dll);
+            using var pe = new PEReader(stream);
+            if (!pe.HasMetadata) return null;
+            var md = pe.GetMetadataReader();
+            if (!md.IsAssembly) return null;
+            var self = md.GetAssemblyDefinition();
+            var plugin = $"plugin '{name}' ({md.GetString(self.Name)} {self.Version.ToString(3)}, {dll})";
+            foreach (var h in md.AssemblyReferences)
+            {
+                var r = md.GetAssemblyReference(h);
+                var refName = md.GetString(r.Name);
+                var host = ContractAssemblies.FirstOrDefault(a => string.Equals(a.Name, refName, StringComparison.OrdinalIgnoreCase));
+                if (host?.Version is not { } hv) continue;
+                var pv = r.Version;
+                if (pv.Major != hv.Major)
+                    return $"{plugin} was built against {refName} {pv.ToString(3)}, but this ortfinetune has {refName} {hv.ToString(3)}: "
+                         + $"major versions differ ({pv.Major} vs {hv.Major}); rebuild the plugin against {refName} {hv.Major}.x";
+                if (pv > hv)
+                    return $"{plugin} was built against {refName} {pv.ToString(3)}, newer than this ortfinetune's {refName} {hv.ToString(3)}: "
+                         + $"update ortfinetune, or build the plugin against {refName} {hv.ToString(2)}";
+            }
+            return null;
+        }
+        catch (Exception e) when (e is BadImageFormatException or IOException or UnauthorizedAccessException) { return null; }
+    }
 
     public static PluginCatalog Load(IEnumerable<string> folders, ILogger? log = null)
     {
@@ -73,6 +120,11 @@ public sealed class PluginCatalog
     {
         Assembly asm;
         List<IPlugin> entries;
+        if (ContractMismatch(name, dll) is { } mismatch)
+        {
+            Fail(name, dll, mismatch, log);
+            return;
+        }
         try
         {
             var loader = PluginLoader.CreateFromAssemblyFile(dll, SharedTypes, c => c.PreferSharedTypes = true);

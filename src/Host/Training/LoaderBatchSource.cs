@@ -4,12 +4,15 @@ using OrtFinetune.Training.Data;
 
 namespace OrtFinetune.Host.Training;
 
-/// <summary>Batches from the prefetching <see cref="DataLoader"/>, with training or evaluation transforms.</summary>
+/// <summary>
+/// Batches from the prefetching <see cref="DataLoader"/>, with training or evaluation transforms; with several ranks,
+/// this rank's shard (training: padded to equal shards; evaluation: each sample on exactly one rank).
+/// </summary>
 public sealed class LoaderBatchSource : IBatchSource
 {
     readonly DataLoader _loader;
 
-    public LoaderBatchSource(IImageDataset ds, ModelDefinition model, bool training, TrainSettings s)
+    public LoaderBatchSource(IImageDataset ds, ModelDefinition model, bool training, TrainSettings s, int rank = 0, int worldSize = 1)
     {
         int size = model.ImageSize;
         var eval = new TransformOptions { Size = size, ResizeShorter = size, Channels = model.Channels, Mean = model.Mean, Std = model.Std };
@@ -26,6 +29,7 @@ public sealed class LoaderBatchSource : IBatchSource
         _loader = new DataLoader(ds, new TransformPipeline(training ? train : eval), new DataLoaderOptions
         {
             BatchSize = s.BatchSize, Shuffle = training, DropLast = training, Seed = s.Seed, Workers = s.Workers,
+            Rank = rank, WorldSize = worldSize, PadShards = training,
         });
     }
 

@@ -7,6 +7,7 @@ namespace OrtFinetune.Onnx;
 /// </summary>
 public sealed class GraphBuilder
 {
+    /// <summary>The graph nodes are appended to.</summary>
     public Graph Graph { get; }
     /// <summary>ai.onnx opset the emitted nodes must conform to.</summary>
     public long Opset { get; }
@@ -16,6 +17,7 @@ public sealed class GraphBuilder
     readonly Dictionary<string, int> _counters = new();
     readonly Dictionary<(DataType, string), string> _constCache = new();
 
+    /// <summary>A builder appending to <paramref name="graph"/>; names already used there are avoided.</summary>
     public GraphBuilder(Graph graph, long opset)
     {
         Graph = graph; Opset = opset;
@@ -42,6 +44,7 @@ public sealed class GraphBuilder
         return exact;
     }
 
+    /// <summary>Appends a node with the given inputs and outputs (a unique node name) and returns it.</summary>
     public Node AddNode(string opType, IEnumerable<string> inputs, IEnumerable<string> outputs, string domain = "", params NodeAttribute[] attrs)
     {
         var n = new Node(opType, inputs, outputs, Unique(opType), domain);
@@ -54,6 +57,7 @@ public sealed class GraphBuilder
     public string Op(string opType, IEnumerable<string> inputs, params NodeAttribute[] attrs) =>
         OpDomain(opType, "", inputs, attrs);
 
+    /// <summary>Like <see cref="Op"/>, for an operator of another domain (e.g. "com.microsoft").</summary>
     public string OpDomain(string opType, string domain, IEnumerable<string> inputs, params NodeAttribute[] attrs)
     {
         var o = Unique(opType.ToLowerInvariant());
@@ -61,6 +65,7 @@ public sealed class GraphBuilder
         return o;
     }
 
+    /// <summary>Emits one node with <paramref name="outputs"/> fresh outputs and returns their names.</summary>
     public string[] OpN(string opType, IEnumerable<string> inputs, int outputs, params NodeAttribute[] attrs)
     {
         var outs = Enumerable.Range(0, outputs).Select(i => Unique(opType.ToLowerInvariant())).ToArray();
@@ -95,20 +100,34 @@ public sealed class GraphBuilder
 
     // ------------------------------------------------------------ common ops
 
+    /// <summary>a + b (broadcasting).</summary>
     public string Add(string a, string b) => Op("Add", [a, b]);
+    /// <summary>a - b (broadcasting).</summary>
     public string Sub(string a, string b) => Op("Sub", [a, b]);
+    /// <summary>a * b (broadcasting).</summary>
     public string Mul(string a, string b) => Op("Mul", [a, b]);
+    /// <summary>a / b (broadcasting).</summary>
     public string Div(string a, string b) => Op("Div", [a, b]);
+    /// <summary>-a.</summary>
     public string Neg(string a) => Op("Neg", [a]);
+    /// <summary>a converted to <paramref name="to"/>.</summary>
     public string Cast(string a, DataType to) => Op("Cast", [a], NodeAttribute.Of("to", (long)to));
+    /// <summary>The shape of a, as an int64 tensor.</summary>
     public string Shape(string a) => Op("Shape", [a]);
+    /// <summary>a reshaped to the int64 tensor <paramref name="shape"/>.</summary>
     public string Reshape(string a, string shape) => Op("Reshape", [a, shape]);
+    /// <summary>a with its axes permuted.</summary>
     public string Transpose(string a, params long[] perm) => Op("Transpose", [a], NodeAttribute.Of("perm", perm));
+    /// <summary>a broadcast to the int64 tensor <paramref name="shape"/>.</summary>
     public string Expand(string a, string shape) => Op("Expand", [a, shape]);
+    /// <summary>x where c is true, else y.</summary>
     public string Where(string c, string x, string y) => Op("Where", [c, x, y]);
+    /// <summary>The matrix product of a and b (numpy semantics).</summary>
     public string MatMul(string a, string b) => Op("MatMul", [a, b]);
+    /// <summary>xs joined along <paramref name="axis"/>.</summary>
     public string Concat(long axis, params string[] xs) => Op("Concat", xs, NodeAttribute.Of("axis", axis));
 
+    /// <summary>The sum of xs (the value itself for one).</summary>
     public string Sum(IReadOnlyList<string> xs) => xs.Count == 1 ? xs[0] : xs.Count == 2 ? Add(xs[0], xs[1]) : Op("Sum", xs);
 
     /// <summary>Shape(x)[start:end] (end exclusive; may be long.MaxValue).</summary>
@@ -116,6 +135,7 @@ public sealed class GraphBuilder
         Opset >= 15 ? Op("Shape", [x], NodeAttribute.Of("start", start), NodeAttribute.Of("end", end))
                     : Slice(Shape(x), [start], [end], [0]);
 
+    /// <summary>x[starts:ends:steps] along <paramref name="axes"/>.</summary>
     public string Slice(string x, long[] starts, long[] ends, long[] axes, long[]? steps = null)
     {
         var ins = new List<string> { x, Ints(starts), Ints(ends), Ints(axes) };
@@ -123,9 +143,11 @@ public sealed class GraphBuilder
         return Op("Slice", ins);
     }
 
+    /// <summary>x with size-1 axes inserted (axes as attribute or input, by opset).</summary>
     public string Unsqueeze(string x, params long[] axes) => Opset >= 13
         ? Op("Unsqueeze", [x, Ints(axes)]) : Op("Unsqueeze", [x], NodeAttribute.Of("axes", axes));
 
+    /// <summary>x without the given size-1 axes (all of them when none are given).</summary>
     public string Squeeze(string x, params long[] axes) => Opset >= 13
         ? Op("Squeeze", axes.Length == 0 ? [x] : [x, Ints(axes)]) : Op("Squeeze", [x], NodeAttribute.Of("axes", axes));
 
@@ -138,6 +160,7 @@ public sealed class GraphBuilder
     public string ReduceSumDynamic(string x, string axes, bool keepDims) =>
         Op("ReduceSum", [x, axes], NodeAttribute.Of("keepdims", keepDims ? 1L : 0L), NodeAttribute.Of("noop_with_empty_axes", 1L));
 
+    /// <summary>Mean over static axes (opset 18+: axes as an input).</summary>
     public string ReduceMean(string x, long[] axes, bool keepDims) => Opset >= 18
         ? Op("ReduceMean", [x, Ints(axes)], NodeAttribute.Of("keepdims", keepDims ? 1L : 0L))
         : Op("ReduceMean", [x], NodeAttribute.Of("axes", axes), NodeAttribute.Of("keepdims", keepDims ? 1L : 0L));

@@ -4,6 +4,7 @@ using System.Runtime.InteropServices;
 
 namespace OrtFinetune.Onnx;
 
+/// <summary>How <see cref="ModelIO.Save"/> writes tensors: inline, or to an external data file beside the model.</summary>
 public sealed record SaveOptions
 {
     /// <summary>Write tensors to an external data file when the model's initializers exceed this many bytes.</summary>
@@ -20,6 +21,7 @@ public static class ModelIO
     /// <summary>Largest tensor element count accepted from a file (guards absurd dimensions).</summary>
     public const long MaxElements = 1L << 34;
 
+    /// <summary>Loads a model file, with its external data (relative to the file's folder); errors name the file.</summary>
     public static Model Load(string path)
     {
         if (!File.Exists(path)) throw new OnnxFormatException($"{path}: file not found");
@@ -41,6 +43,7 @@ public static class ModelIO
         catch (OnnxFormatException e) { throw new OnnxFormatException($"{path}: {e.Message}", e); }
     }
 
+    /// <summary>Reads a serialized model; external data is looked up in <paramref name="externalDataDir"/>.</summary>
     public static Model FromBytes(byte[] bytes, string? externalDataDir = null)
     {
         ModelProto proto;
@@ -49,6 +52,7 @@ public static class ModelIO
         return FromProto(proto, externalDataDir);
     }
 
+    /// <summary>Converts a protobuf model to the IR; external data is looked up in <paramref name="dir"/>.</summary>
     public static Model FromProto(ModelProto proto, string? dir)
     {
         if (proto.Graph == null) throw new OnnxFormatException("not a valid ONNX model (no graph)");
@@ -113,6 +117,7 @@ public static class ModelIO
         }
     }
 
+    /// <summary>Converts a protobuf tensor (inline or external data under <paramref name="dir"/>), checking its size.</summary>
     public static Tensor ReadTensor(TensorProto t, string? dir)
     {
         var type = (DataType)t.DataType;
@@ -226,6 +231,7 @@ public static class ModelIO
         }
     }
 
+    /// <summary>The model serialized with every tensor inline.</summary>
     public static byte[] ToBytes(Model m) => ToProto(m, null, "", 0).ToByteArray();
 
     static ModelProto ToProto(Model m, FileStream? data, string dataName, long minExternal)

@@ -3,9 +3,13 @@ namespace OrtFinetune.Onnx;
 /// <summary>A mutable ONNX graph: nodes, boundary values, initializers and known value types.</summary>
 public sealed class Graph
 {
+    /// <summary>The graph name.</summary>
     public string Name { get; set; } = "graph";
+    /// <summary>The nodes, in an order where every input is defined before use (see <see cref="SortTopologically"/>).</summary>
     public List<Node> Nodes { get; } = new();
+    /// <summary>Graph inputs (fed at run time).</summary>
     public List<ValueInfo> Inputs { get; } = new();
+    /// <summary>Graph outputs.</summary>
     public List<ValueInfo> Outputs { get; } = new();
     /// <summary>Initializers by name, in insertion order of the file.</summary>
     public Dictionary<string, Tensor> Initializers { get; } = new();
@@ -151,14 +155,20 @@ public sealed class Graph
 /// <summary>A model: graph plus opset imports and metadata.</summary>
 public sealed class Model
 {
+    /// <summary>The main graph.</summary>
     public Graph Graph { get; set; } = new();
+    /// <summary>ONNX IR version written to the file.</summary>
     public long IrVersion { get; set; } = 8;
     /// <summary>Opset version per domain ("" = ai.onnx).</summary>
     public Dictionary<string, long> Opsets { get; } = new() { [""] = 17 };
+    /// <summary>Producer name written to the file.</summary>
     public string ProducerName { get; set; } = "OrtFinetune";
+    /// <summary>Producer version written to the file.</summary>
     public string ProducerVersion { get; set; } = "0.1";
+    /// <summary>Metadata properties (key, value).</summary>
     public Dictionary<string, string> Metadata { get; } = new();
 
+    /// <summary>A copy whose graph can be changed freely (tensors are shared; they are immutable).</summary>
     public Model Clone()
     {
         var m = new Model { Graph = Graph.Clone(), IrVersion = IrVersion, ProducerName = ProducerName, ProducerVersion = ProducerVersion };
@@ -168,5 +178,6 @@ public sealed class Model
         return m;
     }
 
+    /// <summary>The opset version imported for <paramref name="domain"/>, or 0 when none.</summary>
     public long OpsetOf(string domain) => Opsets.TryGetValue(Node.NormalizeDomain(domain), out var v) ? v : 0;
 }

@@ -2,6 +2,7 @@ using System.Diagnostics.CodeAnalysis;
 
 namespace OrtFinetune.Onnx;
 
+/// <summary>Settings of <see cref="ShapeInference"/>.</summary>
 public sealed record InferenceOptions
 {
     /// <summary>Use value_info types already in the graph where our own inference knows less.</summary>
@@ -52,6 +53,7 @@ public sealed class ShapeInferenceRules
     internal void Reg(InferFn fn, params string[] ops) { foreach (var o in ops) Register(o, fn); }
     internal void RegMs(InferFn fn, params string[] ops) { foreach (var o in ops) Register(o, fn, "com.microsoft"); }
 
+    /// <summary>Whether an op has an inference function here.</summary>
     public bool IsSupported(string opType, string domain = "") => _table.ContainsKey((Node.NormalizeDomain(domain), opType));
 
     internal InferFn? Find(string domain, string opType) => _table.GetValueOrDefault((domain, opType));
@@ -63,6 +65,7 @@ public sealed class ShapeInferenceRules
 /// </summary>
 public static class ShapeInference
 {
+    /// <summary>Infers types into <c>model.Graph.ValueTypes</c> (see <see cref="Run"/>).</summary>
     public static void Infer(Model model, InferenceOptions? o = null) => Run(model, o);
 
     /// <summary>Infers types (into <c>model.Graph.ValueTypes</c>) and returns the propagated values.</summary>
@@ -121,6 +124,7 @@ internal sealed class InferState
 public sealed class InferContext
 {
     readonly InferState _s;
+    /// <summary>The node whose outputs are inferred.</summary>
     public Node Node { get; }
     readonly TensorType?[] _out;
     readonly Dim[]?[] _outValues;
@@ -132,12 +136,17 @@ public sealed class InferContext
         _outValues = new Dim[]?[n.Outputs.Count];
     }
 
+    /// <summary>The graph being inferred.</summary>
     public Graph Graph => _s.Graph;
     /// <summary>Opset of the node's domain.</summary>
     public long Opset => _s.Model.OpsetOf(Node.Domain);
+    /// <summary>Number of inputs (absent optional ones included).</summary>
     public int InputCount => Node.Inputs.Count;
+    /// <summary>Number of outputs.</summary>
     public int OutputCount => Node.Outputs.Count;
+    /// <summary>Whether input i is present.</summary>
     public bool Has(int i) => Node.HasInput(i);
+    /// <summary>Whether output i is present.</summary>
     public bool HasOutput(int i) => Node.Output(i).Length > 0;
 
     /// <summary>Type of input i, or null when absent or unknown.</summary>
@@ -150,8 +159,11 @@ public sealed class InferContext
         return null;
     }
 
+    /// <summary>Element type of input i, or Undefined.</summary>
     public DataType Elem(int i) => Type(i)?.ElemType ?? DataType.Undefined;
+    /// <summary>Shape of input i, or null when unknown.</summary>
     public Dim[]? Shape(int i) => Type(i)?.Shape;
+    /// <summary>Rank of input i, or -1 when unknown.</summary>
     public int Rank(int i) => Type(i)?.Rank ?? -1;
 
     /// <summary>Propagated values of input i (small int/bool tensors), or null.</summary>
@@ -179,25 +191,31 @@ public sealed class InferContext
         return ints?.Select(x => (double)x).ToArray();
     }
 
+    /// <summary>An int attribute of the node, or <paramref name="dflt"/>.</summary>
     public long Int(string name, long dflt) => Node.GetInt(name, dflt);
+    /// <summary>An ints attribute of the node, or null.</summary>
     public long[]? IntsAttr(string name) => Node.GetInts(name);
 
+    /// <summary>Sets output i's type and, for small int tensors, its propagated values.</summary>
     public void Set(int i, TensorType t, Dim[]? values = null)
     {
         if (i >= _out.Length) return;
         _out[i] = t;
         _outValues[i] = values;
     }
+    /// <summary>Sets output i's element type, shape and propagated values.</summary>
     public void Set(int i, DataType t, Dim[]? shape, Dim[]? values = null) => Set(i, new TensorType(t, shape), values);
     /// <summary>Output i typed and shaped like input j.</summary>
     public void SameAs(int i, int j) => Set(i, Type(j) ?? new TensorType(DataType.Undefined, null), i == 0 ? Value(j) : null);
 
+    /// <summary>Throws an <see cref="OnnxFormatException"/> naming the node and its input types.</summary>
     [DoesNotReturn]
     public void Fail(string msg) => throw new OnnxFormatException($"{Node.Describe()}: {msg}; inputs {DescribeInputs()}");
 
     /// <summary><see cref="Fail"/> usable in expressions.</summary>
     public T FailWith<T>(string msg) { Fail(msg); return default!; }
 
+    /// <summary>The inputs with their types, for messages.</summary>
     public string DescribeInputs() =>
         "(" + string.Join(", ", Node.Inputs.Select((n, i) => n.Length == 0 ? "-" : $"{n}: {Type(i)?.ToString() ?? "?"}")) + ")";
 

@@ -51,6 +51,7 @@ public static class SymDim
 
     static bool SameAtoms(string[] a, string[] b) => a.AsSpan().SequenceEqual(b);
 
+    /// <summary>a * b.</summary>
     public static Dim Mul(Dim a, Dim b)
     {
         if (a.Value == 0 || b.Value == 0) return new Dim(0);
@@ -78,6 +79,7 @@ public static class SymDim
         return new Mono(ma.Value.Coef / mb.Value.Coef, atoms.ToArray()).ToDim();
     }
 
+    /// <summary>a + b.</summary>
     public static Dim Add(Dim a, Dim b)
     {
         if (a.Value is long x && b.Value is long y) return new Dim(unchecked(x + y));
@@ -93,6 +95,7 @@ public static class SymDim
         return new Dim($"({sa}+{sb})");
     }
 
+    /// <summary>a - b.</summary>
     public static Dim Sub(Dim a, Dim b)
     {
         if (a.Value is long x && b.Value is long y) return new Dim(unchecked(x - y));
@@ -104,11 +107,14 @@ public static class SymDim
         return new Dim($"({a}-{b})");
     }
 
+    /// <summary>-a.</summary>
     public static Dim Neg(Dim a) => Mul(a, new Dim(-1));
 
+    /// <summary>a mod b, when known.</summary>
     public static Dim Mod(Dim a, Dim b) =>
         a.Value is long x && b.Value is long y && y != 0 ? new Dim(x % y) : b.Value == 1 ? new Dim(0) : Dim.Unknown;
 
+    /// <summary>max(a, b), when it can be told.</summary>
     public static Dim Max(Dim a, Dim b)
     {
         if (a.Value is long x && b.Value is long y) return new Dim(Math.Max(x, y));
@@ -118,6 +124,7 @@ public static class SymDim
         return Dim.Unknown;
     }
 
+    /// <summary>min(a, b), when it can be told.</summary>
     public static Dim Min(Dim a, Dim b)
     {
         if (a.Value is long x && b.Value is long y) return new Dim(Math.Min(x, y));

@@ -20,6 +20,15 @@ public sealed record DataLoaderOptions
     /// Off: every batch has its own arrays.
     /// </summary>
     public bool ReuseBuffers { get; init; } = true;
+    /// <summary>
+    /// Data-parallel shard (torch's DistributedSampler): rank r of <see cref="WorldSize"/> takes positions r, r + W,
+    /// r + 2W, ... of the epoch's order, so each sample is seen once per epoch across the ranks. With
+    /// <see cref="PadShards"/> the order is first padded to a multiple of W by repeating its start, so every rank has
+    /// the same number of samples (needed for training: the ranks step together).
+    /// </summary>
+    public int Rank { get; init; }
+    public int WorldSize { get; init; } = 1;
+    public bool PadShards { get; init; } = true;
 }
 
 /// <summary>One batch: Images is N x C x H x W (N = BatchSize; rows past Count are zero), Labels has N entries.</summary>
@@ -86,6 +95,8 @@ public sealed class DataLoader
         if (options.BatchSize < 1) throw new ArgumentOutOfRangeException(nameof(options), "BatchSize must be >= 1");
         if (options.Workers < 1) throw new ArgumentOutOfRangeException(nameof(options), "Workers must be >= 1");
         if (options.Prefetch < 1) throw new ArgumentOutOfRangeException(nameof(options), "Prefetch must be >= 1");
+        if (options.WorldSize < 1 || options.Rank < 0 || options.Rank >= options.WorldSize)
+            throw new ArgumentOutOfRangeException(nameof(options), $"rank {options.Rank} of {options.WorldSize} is not a valid shard");
     }
 
     public DataLoaderOptions Options { get; }
@@ -93,9 +104,14 @@ public sealed class DataLoader
     public TransformPipeline Pipeline => _pipeline;
     public int BatchSize => Options.BatchSize;
 
+    /// <summary>Samples this rank visits per epoch.</summary>
+    public int ShardCount => Options.WorldSize == 1 ? _dataset.Count
+        : Options.PadShards ? (_dataset.Count + Options.WorldSize - 1) / Options.WorldSize
+        : (_dataset.Count - Options.Rank + Options.WorldSize - 1) / Options.WorldSize;
+
     public int BatchesPerEpoch => Options.DropLast
-        ? _dataset.Count / Options.BatchSize
-        : (_dataset.Count + Options.BatchSize - 1) / Options.BatchSize;
+        ? ShardCount / Options.BatchSize
+        : (ShardCount + Options.BatchSize - 1) / Options.BatchSize;
 
     public LoaderStats Stats => new(Interlocked.Read(ref _batches), Interlocked.Read(ref _samples),
         TimeSpan.FromTicks(Interlocked.Read(ref _waitTicks)), TimeSpan.FromTicks(Interlocked.Read(ref _produceTicks)));
@@ -106,12 +122,18 @@ public sealed class DataLoader
         Interlocked.Exchange(ref _waitTicks, 0); Interlocked.Exchange(ref _produceTicks, 0);
     }
 
-    /// <summary>The order in which an epoch visits the dataset.</summary>
+    /// <summary>The order in which this rank visits the dataset in an epoch (all of it with one rank).</summary>
     public int[] EpochOrder(int epoch)
     {
         int n = _dataset.Count;
-        if (!Options.Shuffle) { var id = new int[n]; for (int i = 0; i < n; i++) id[i] = i; return id; }
-        return SplitMix64.Permutation(n, SplitMix64.Hash(Options.Seed, epoch, 0x5045524D, 0));
+        int[] order;
+        if (!Options.Shuffle) { order = new int[n]; for (int i = 0; i < n; i++) order[i] = i; }
+        else order = SplitMix64.Permutation(n, SplitMix64.Hash(Options.Seed, epoch, 0x5045524D, 0));
+        int w = Options.WorldSize;
+        if (w == 1) return order;
+        var shard = new int[ShardCount];
+        for (int i = 0; i < shard.Length; i++) shard[i] = order[(Options.Rank + (long)i * w) % n];   // past n: the padding wraps to the start
+        return shard;
     }
 
     /// <summary>Transforms one sample exactly as the loader would in the given epoch.</summary>

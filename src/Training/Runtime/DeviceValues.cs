@@ -16,6 +16,7 @@ public sealed class DeviceValues : IDisposable
     readonly OrtAllocator _allocator;
     readonly Dictionary<DataType, InferenceSession> _identity = new();
     readonly SessionOptions? _so;
+    readonly Dictionary<(DataType, string), OrtValue> _staging = new();
 
     public DeviceSpec Device => _device;
     public OrtMemoryInfo MemoryInfo => _memInfo;
@@ -112,6 +113,28 @@ public sealed class DeviceValues : IDisposable
         return host.GetTensorDataAsSpan<byte>().ToArray();
     }
 
+    /// <summary>
+    /// Runs <paramref name="work"/> on a host pointer to a device tensor's bytes: the tensor itself on the CPU; on
+    /// CUDA a host copy (one staging buffer per type and shape, kept), written back afterwards. This is how a host
+    /// library (MPI) reduces device buffers when no device-side collective is available.
+    /// </summary>
+    public unsafe void OnHost(OrtValue v, Action<IntPtr> work)
+    {
+        if (!_device.IsCuda)
+        {
+            fixed (byte* p = v.GetTensorMutableRawData()) work((IntPtr)p);
+            return;
+        }
+        var info = v.GetTensorTypeAndShape();
+        var t = FromOrt(info.ElementDataType);
+        var key = (t, string.Join(",", info.Shape));
+        if (!_staging.TryGetValue(key, out var host))
+            _staging[key] = host = OrtValue.CreateAllocatedTensorValue(OrtAllocator.DefaultInstance, info.ElementDataType, info.Shape);
+        Copy(t, v, host);
+        fixed (byte* p = host.GetTensorMutableRawData()) work((IntPtr)p);
+        Copy(t, host, v);
+    }
+
     /// <summary>Copies src into dst (same shape and type) through an Identity session on the device.</summary>
     public void Copy(DataType t, OrtValue src, OrtValue dst)
     {
@@ -135,6 +158,7 @@ public sealed class DeviceValues : IDisposable
     public void Dispose()
     {
         foreach (var s in _identity.Values) s.Dispose();
+        foreach (var v in _staging.Values) v.Dispose();
         _so?.Dispose();
         if (_device.IsCuda) _allocator.Dispose();
     }

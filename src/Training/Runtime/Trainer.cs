@@ -5,6 +5,7 @@ using OrtFinetune.Training.Compiler;
 using OrtFinetune.Training.Compiler.Artifacts;
 using OrtFinetune.Abstractions;
 using OrtFinetune.Training.Compiler.Optimizers;
+using OrtFinetune.Distributed;
 
 namespace OrtFinetune.Training.Runtime;
 
@@ -25,6 +26,14 @@ public sealed record TrainerOptions
     /// OptimizerStep divides by it, skips a non-finite update and updates it, checkpoints carry its state.
     /// </summary>
     public LossScalerSettings? LossScaling { get; init; }
+    /// <summary>
+    /// Data parallel (torch DDP's semantics): every rank builds the same trainer; rank 0's weights and buffers are
+    /// broadcast at construction, and OptimizerStep averages the accumulated gradients over the ranks (each flat
+    /// bucket divided by the world size and summed in place, as DDP does) before clipping and the update.
+    /// A non-finite gradient on any rank makes the sum non-finite on every rank, so all ranks skip together.
+    /// Null or one rank: a single-process trainer.
+    /// </summary>
+    public Communicator? Communicator { get; init; }
 }
 
 public readonly record struct TrainStepResult(float Loss, long Top1Correct);
@@ -84,6 +93,10 @@ public sealed class Trainer : IDisposable
     public string OptimizerType { get; }
     public DeviceSpec Device => _o.Device;
     public IReadOnlyList<string> ParameterNames => _params.Select(p => p.Name).ToList();
+    /// <summary>Time spent averaging gradients over the ranks (data parallel), host staging included.</summary>
+    public TimeSpan AllReduceTime { get; private set; }
+    /// <summary>Gradient bytes each rank contributes to the all-reduce of one optimizer step (0 in one process).</summary>
+    public long AllReduceBytesPerStep => _o.Communicator is { Size: > 1 } ? GradientBuffers().Sum(g => g.Count * g.Type.SizeOf()) : 0;
     /// <summary>The dynamic loss scaler, when the training model seeds backward with a loss_scale input (e.g. 16-mixed).</summary>
     public LossScaler? Scaler { get; }
 
@@ -238,7 +251,22 @@ public sealed class Trainer : IDisposable
             _optimBinding.BindOutput(OptimizerBuilder.Updated(name), v);
         }
         (OrtMemoryAllocation Memory, OrtValue Flat) Alloc(OptimizerBucket b) => _dev.AllocateFlat(b.Type, b.Elements);
+
+        if (_o.Communicator is { Size: > 1 } c)
+            foreach (var (v, t, n) in ParameterBuffers().Concat(_buffers.Select(b => (b.Value, b.Type, Count(b.Shape)))))
+                _dev.OnHost(v, p => c.Broadcast(p, n * t.SizeOf(), root: 0));
     }
+
+    /// <summary>The parameter memory as the optimizer sees it: one flat buffer per bucket, else one tensor per parameter.</summary>
+    IEnumerable<(OrtValue Value, DataType Type, long Count)> ParameterBuffers() => _buckets.Count > 0
+        ? _buckets.Select(b => (b.Params.Flat, b.Bucket.Type, b.Bucket.Elements))
+        : _params.Select(p => (p.Value, p.Type, Count(p.Shape)));
+
+    IEnumerable<(OrtValue Value, DataType Type, long Count)> GradientBuffers() => _buckets.Count > 0
+        ? _buckets.Select(b => (b.Grads.Flat, b.Bucket.Type, b.Bucket.Elements))
+        : _params.Select((p, i) => (_grads[i], p.Type, Count(p.Shape)));
+
+    static long Count(long[] shape) => shape.Aggregate(1L, (a, b) => a * b);
 
     /// <summary>A bucket's flat buffers: parameters, gradients and each optimizer state (by suffix).</summary>
     sealed record FlatBucket(OptimizerBucket Bucket, (OrtMemoryAllocation Memory, OrtValue Flat) Params, (OrtMemoryAllocation Memory, OrtValue Flat) Grads,
@@ -357,6 +385,12 @@ public sealed class Trainer : IDisposable
         float scale = Scaler?.Scale ?? 1f;
         if (!UpdateBody && _bodyStep == null)
             throw new TrainingException("a head-only update needs an optimizer model compiled with head parameters (OptimizerOptions.HeadParameters)");
+        if (_o.Communicator is { Size: > 1 } c)
+        {
+            long t0 = System.Diagnostics.Stopwatch.GetTimestamp();
+            foreach (var (v, t, n) in GradientBuffers()) _dev.OnHost(v, p => c.AllReduceMean(p, n, t));
+            AllReduceTime += System.Diagnostics.Stopwatch.GetElapsedTime(t0);
+        }
         _step.Value = Step + 1;
         if (_bodyStep != null) _bodyStep.Value = UpdateBody ? BodyStep + 1 : 0;
         _gradScale.Value = scale;
@@ -416,6 +450,14 @@ public sealed class Trainer : IDisposable
         + _buffers.Sum(b => Bytes(b.Type, b.Shape));
 
     static long Bytes(DataType t, long[] shape) => shape.Aggregate(1L, (a, b) => a * b) * t.SizeOf();
+
+    /// <summary>A hash of every parameter's and buffer's current bytes (data-parallel ranks compare theirs).</summary>
+    public ulong StateDigest()
+    {
+        var h = new System.IO.Hashing.XxHash64();
+        foreach (var p in _params.Concat(_buffers)) h.Append(_dev.Download(p.Value));
+        return h.GetCurrentHashAsUInt64();
+    }
 
     /// <summary>A fingerprint of the parameter set: names, dtypes and shapes.</summary>
     public string Fingerprint => string.Join(";", _params.Concat(_buffers).Select(p => $"{p.Name}:{p.Type.OnnxName()}[{string.Join(",", p.Shape)}]"));

@@ -32,6 +32,40 @@ public class DataLoaderTests
 
     private static List<Batch> All(DataLoader l, int epoch, int start = 0) => l.Epoch(epoch, start).Select(b => b.Clone()).ToList();
 
+    [Theory]
+    [InlineData(100, 2)]   // divides evenly
+    [InlineData(103, 2)]   // one padded sample
+    [InlineData(103, 3)]
+    [InlineData(5, 4)]
+    public void RanksTogetherSeeEverySampleOncePerEpoch(int n, int world)
+    {
+        var opts = new DataLoaderOptions { BatchSize = 4, Seed = 7, WorldSize = world };
+        var single = new DataLoader(new CountingDataset(n), Plain, opts with { WorldSize = 1 }).EpochOrder(3);
+        var shards = Enumerable.Range(0, world).Select(r => new DataLoader(new CountingDataset(n), Plain, opts with { Rank = r })).ToList();
+        int perRank = (n + world - 1) / world;
+        var seen = new List<int>();
+        for (int r = 0; r < world; r++)
+        {
+            var loader = shards[r];
+            Assert.Equal(perRank, loader.ShardCount);   // equal shards: the ranks step together
+            var got = loader.Epoch(3).SelectMany(b => Enumerable.Range(0, b.Count).Select(j => IndexOf(b, j))).ToList();
+            Assert.Equal(loader.EpochOrder(3), got);
+            // torch's DistributedSampler: rank r takes positions r, r + world, ... of the padded epoch order.
+            Assert.Equal(Enumerable.Range(0, perRank).Select(i => single[(r + i * world) % n]), got);
+            seen.AddRange(got);
+        }
+        // Every sample once; the padding repeats the first (perRank * world - n) samples of the epoch order.
+        Assert.Equal(Enumerable.Range(0, n), seen.Distinct().Order());
+        Assert.Equal(perRank * world - n, seen.Count - seen.Distinct().Count());
+        Assert.Equal(single.Take(perRank * world - n).Order(), seen.GroupBy(i => i).Where(g => g.Count() > 1).Select(g => g.Key).Order());
+
+        // Evaluation shards are not padded: every sample is counted on exactly one rank.
+        var eval = Enumerable.Range(0, world).SelectMany(r => new DataLoader(new CountingDataset(n), Plain, opts with { Rank = r, Shuffle = false, PadShards = false })
+            .Epoch(0).SelectMany(b => Enumerable.Range(0, b.Count).Select(j => IndexOf(b, j))).ToList()).ToList();
+        Assert.Equal(Enumerable.Range(0, n), eval.Order());
+        Assert.Throws<ArgumentOutOfRangeException>(() => new DataLoader(new CountingDataset(n), Plain, opts with { Rank = world }));
+    }
+
     [Fact]
     public void VisitsEverySampleOncePerEpochInTheSeededOrder()
     {

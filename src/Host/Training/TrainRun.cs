@@ -58,6 +58,7 @@ public sealed class TrainRun(TrainSettings s, PluginCatalog catalog, ILogger log
     Session Open()
     {
         var device = DeviceSpec.Parse(s.Device);
+        DeviceSpec.UseProcessThreadPool(s.Threads);
         if (!catalog.Datasets.TryGetValue(s.Dataset, out var ds))
             throw new UsageException($"dataset '{s.Dataset}' is not provided by any loaded plugin (available: {string.Join(", ", catalog.Datasets.Keys.Order())})");
         var policy = RunSetup.ResolvePrecision(catalog, s.Precision, device, "Train:Precision (--precision)", new PrecisionOptions

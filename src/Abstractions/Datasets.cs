@@ -52,7 +52,7 @@ public sealed record DatasetSplits(IImageDataset Train, IImageDataset Validation
     /// <summary>
     /// Passes over the training split for a run that sets none (<c>--epochs</c> left at 0); null = the host's default (10).
     /// A procedural dataset chooses its size and this together, so that its default run has a known cost (shapes:
-    /// 5 epochs of 14,400 images).
+    /// 6 epochs of 14,400 images).
     /// </summary>
     public int? DefaultEpochs { get; init; }
 }

@@ -19,6 +19,23 @@ public class RunDefaultsTests
         Assert.Equal("defaults from the data: image size 28 (the dataset's native size), augmentation none (a run of 3 epochs), warm-up 126 steps (5% of 2,529)", r.Summary);
     }
 
+    sealed class Images(int count) : IImageDataset
+    {
+        public string Name => "images";
+        public int Count => count;
+        public IReadOnlyList<string> ClassNames => ["a", "b"];
+        public ImageSample Get(int index) => throw new NotSupportedException();
+    }
+
+    [Fact]
+    public void DataParallelRanksEachCountTheirShardsSteps()
+    {
+        var splits = new DatasetSplits(new Images(54_001), new Images(10), new Images(10)) { NativeImageSize = 28 };
+        var s = new TrainSettings { Epochs = 3 };
+        Assert.Equal(126, RunDefaults.Resolve(s, splits, VitTiny).Settings.WarmupSteps);              // 5% of 843 x 3
+        Assert.Equal(63, RunDefaults.Resolve(s, splits, VitTiny, world: 2).Settings.WarmupSteps);    // shards of 27,001: 5% of 421 x 3
+    }
+
     [Fact]
     public void ValuesTheUserGaveAreKeptAndNothingIsLogged()
     {

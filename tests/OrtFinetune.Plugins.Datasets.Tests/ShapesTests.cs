@@ -15,7 +15,7 @@ public class ShapesTests
         Assert.Equal(1600, a.Validation.Count);
         Assert.Equal(1000, a.Test.Count);
         Assert.Equal(ShapesProvider.DefaultClassCount, a.Train.ClassNames.Count);
-        Assert.Equal((16, 5), (a.NativeImageSize, a.DefaultEpochs));
+        Assert.Equal((16, 6), (a.NativeImageSize, a.DefaultEpochs));
         Assert.Equal(24, Open(7, new() { ["image-size"] = "24" }).NativeImageSize);
         for (int i = 0; i < 20; i++)
         {

@@ -35,8 +35,9 @@ public static class RunDefaults
 
     /// <param name="data">The open dataset: its training images, native image size and default epochs.</param>
     /// <param name="model">What the model plugin says about the architecture's input sizes (null: the model decides when it is built).</param>
-    public static Resolved Resolve(TrainSettings s, DatasetSplits data, ModelInputSize? model) =>
-        Resolve(s, model, data.Train.Count, data.NativeImageSize, data.DefaultEpochs);
+    /// <param name="world">Data-parallel ranks: each trains on its shard (the split padded to a multiple of the ranks), so the run has that many fewer steps.</param>
+    public static Resolved Resolve(TrainSettings s, DatasetSplits data, ModelInputSize? model, int world = 1) =>
+        Resolve(s, model, (data.Train.Count + world - 1) / world, data.NativeImageSize, data.DefaultEpochs);
 
     /// <param name="trainImages">Images in the training split (the steps of the run follow from it).</param>
     /// <param name="nativeImageSize">The dataset's image side when all images share one square size (<see cref="DatasetSplits.NativeImageSize"/>).</param>

@@ -85,7 +85,7 @@ public sealed class TrainRun(TrainSettings s, PluginCatalog catalog, ILogger log
         }
         int classes = splits.Train.ClassNames.Count;
         log.LogInformation("dataset: {Train} train, {Val} validation, {Test} test images, {Classes} classes", splits.Train.Count, splits.Validation.Count, splits.Test.Count, classes);
-        var defaults = RunDefaults.Resolve(s, splits, catalog.Models.TryGetValue(s.Model, out var mp) ? mp.Provider.InputSize(s.Model) : null);
+        var defaults = RunDefaults.Resolve(s, splits, catalog.Models.TryGetValue(s.Model, out var mp) ? mp.Provider.InputSize(s.Model) : null, World);
         s = defaults.Settings;   // from here on the run, settings.json and summary.json see the resolved values
         if (defaults.Summary != null) log.LogInformation("{Defaults}", defaults.Summary);
         if (splits.Train.Count < s.BatchSize) throw new UsageException($"the training split has {splits.Train.Count} images, fewer than one batch of {s.BatchSize}");

@@ -83,7 +83,7 @@ public sealed class TrainSettings
     public string Augment { get; set; } = "auto";
     [Description("ORT's CPU memory arena: true (default; faster steps) or false (lower peak memory; see docs/benchmarks.md)")]
     public bool CpuArena { get; set; } = true;
-    [Description("Intra-op threads of ONNX Runtime (default 0 = one per core)")]
+    [Description("Intra-op threads of ONNX Runtime, in one pool shared by the run's sessions (default 0 = one per core)")]
     public int Threads { get; set; }
     [Description("Write a metrics line every N optimizer steps (default 10)")]
     public int LogEvery { get; set; } = 10;

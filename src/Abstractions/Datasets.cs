@@ -40,7 +40,22 @@ public interface IImageDataset
 /// <param name="Train">Samples to train on.</param>
 /// <param name="Validation">Samples evaluated after every epoch (held out of the training data when the dataset has no validation split).</param>
 /// <param name="Test">Samples evaluated once at the end of the run.</param>
-public sealed record DatasetSplits(IImageDataset Train, IImageDataset Validation, IImageDataset Test);
+public sealed record DatasetSplits(IImageDataset Train, IImageDataset Validation, IImageDataset Test)
+{
+    /// <summary>
+    /// The side in pixels of every image when all are square and of one size (28 for MNIST and Fashion-MNIST, 32 for
+    /// CIFAR-10 and shapes); null when unknown or varying. The host's automatic image size (<c>--image-size</c> left
+    /// at 0) follows it for small images.
+    /// </summary>
+    public int? NativeImageSize { get; init; }
+
+    /// <summary>
+    /// Passes over the training split for a run that sets none (<c>--epochs</c> left at 0); null = the host's default (10).
+    /// A procedural dataset chooses its size and this together, so that its default run has a known cost (shapes:
+    /// 6 epochs of 14,400 images).
+    /// </summary>
+    public int? DefaultEpochs { get; init; }
+}
 
 /// <summary>What to do with a sample that cannot be read.</summary>
 public enum BadSamplePolicy

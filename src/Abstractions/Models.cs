@@ -76,7 +76,18 @@ public interface IModelProvider
     /// as a failure of this plugin.
     /// </summary>
     ModelDefinition Create(ModelRequest request);
+
+    /// <summary>
+    /// The input sizes an architecture takes, known before it is built (for the host's automatic image size);
+    /// null when the provider cannot tell without building it (an imported file, an architecture read from weights).
+    /// </summary>
+    ModelInputSize? InputSize(string architecture) => null;
 }
+
+/// <summary>The input sizes an architecture takes (<see cref="IModelProvider.InputSize"/>).</summary>
+/// <param name="DefaultSize">The side in pixels the architecture is built for when the request gives none.</param>
+/// <param name="Multiple">Every side must be a multiple of this (a ViT's patch size; 1 = any).</param>
+public sealed record ModelInputSize(int DefaultSize, int Multiple);
 
 /// <summary>A model cannot be built or its weights loaded; the message names the file or setting.</summary>
 public class ModelException : Exception

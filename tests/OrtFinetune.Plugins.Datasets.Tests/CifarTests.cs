@@ -24,6 +24,7 @@ public class CifarTests
         Assert.Equal(3, s.Validation.Count);
         Assert.Equal(5, s.Test.Count);
         Assert.Equal("AIRPLANE", s.Test.ClassNames[0]);
+        Assert.Equal(32, s.NativeImageSize);
         var x = s.Test.Get(2);
         Assert.Equal((32, 32, 3, 2), (x.Width, x.Height, x.Channels, x.Label));
         // HWC: pixel p, channel c = (r * 31 + c * 80 + p) mod 256.

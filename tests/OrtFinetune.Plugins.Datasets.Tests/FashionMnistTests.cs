@@ -28,6 +28,7 @@ public class FashionMnistTests
         Assert.Equal(6000, s.Validation.Count);
         Assert.Equal(10000, s.Test.Count);
         Assert.Equal("Ankle boot", s.Train.ClassNames[9]);
+        Assert.Equal(28, s.NativeImageSize);
 
         // The full training file, through the subset views.
         var full = (InMemoryImageDataset)((SubsetDataset)s.Train).Inner;

@@ -22,6 +22,7 @@ public class IdxTests
         Assert.Equal(10, s.Train.ClassNames.Count);
         var x = s.Test.Get(3);
         Assert.Equal((3, 4, 1), (x.Width, x.Height, x.Channels));
+        Assert.Null(s.NativeImageSize);   // 3x4: not square, so no native size for the host's automatic image size
         Assert.Equal(9 - 3, x.Label);
         Assert.Equal(Enumerable.Range(0, 12).Select(p => (byte)(200 - 3 - p)), x.Pixels);
         Assert.Contains("t10k-images-idx3-ubyte", x.Source);

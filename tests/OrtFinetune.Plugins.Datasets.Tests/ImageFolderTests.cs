@@ -48,6 +48,7 @@ public class ImageFolderTests
         File.WriteAllText(t["cat/readme.txt"], "not an image");
         var s = Open(t.Path, settings: new() { ["test-fraction"] = "0.1" });
         Assert.Equal(new[] { "cat", "dog" }, s.Train.ClassNames);
+        Assert.Null(s.NativeImageSize);   // files of any size
         Assert.Equal(20, s.Train.Count + s.Validation.Count + s.Test.Count);
         Assert.Equal(2, s.Test.Count);
         Assert.Equal(4, s.Validation.Count);

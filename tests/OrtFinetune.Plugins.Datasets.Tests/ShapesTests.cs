@@ -11,14 +11,16 @@ public class ShapesTests
     public void DefaultsAndDeterminism()
     {
         var a = Open(7); var b = Open(7); var c = Open(8);
-        Assert.Equal(5400, a.Train.Count);
-        Assert.Equal(600, a.Validation.Count);
+        Assert.Equal(14_400, a.Train.Count);
+        Assert.Equal(1600, a.Validation.Count);
         Assert.Equal(1000, a.Test.Count);
         Assert.Equal(ShapesProvider.DefaultClassCount, a.Train.ClassNames.Count);
+        Assert.Equal((16, 6), (a.NativeImageSize, a.DefaultEpochs));
+        Assert.Equal(24, Open(7, new() { ["image-size"] = "24" }).NativeImageSize);
         for (int i = 0; i < 20; i++)
         {
             var x = a.Train.Get(i);
-            Assert.Equal((32, 32, 3), (x.Width, x.Height, x.Channels));
+            Assert.Equal((16, 16, 3), (x.Width, x.Height, x.Channels));
             Assert.Equal(x.Pixels, b.Train.Get(i).Pixels);
             Assert.Equal(x.Label, b.Train.Get(i).Label);
             Assert.Equal(a.Test.Get(i).Pixels, b.Test.Get(i).Pixels);

@@ -79,6 +79,18 @@ public sealed class ProviderTests(ITestOutputHelper log) : IDisposable
     }
 
     [Fact]
+    public void VitProviderTellsInputSizesBeforeBuilding()
+    {
+        IModelProvider p = new VitModelProvider();
+        Assert.Equal(new ModelInputSize(32, 4), p.InputSize("vit-tiny"));
+        Assert.Equal(new ModelInputSize(224, 16), p.InputSize("VIT-B16"));
+        Assert.Equal(new ModelInputSize(224, 14), p.InputSize("vit-h14"));
+        Assert.Null(p.InputSize("auto"));            // the weights decide
+        Assert.Null(p.InputSize("vit-x"));
+        Assert.Null(((IModelProvider)new OnnxModelProvider()).InputSize("onnx"));   // the file decides
+    }
+
+    [Fact]
     public void VitProviderErrors()
     {
         var p = new VitModelProvider();

@@ -20,6 +20,7 @@ public static class BenchmarkChild
     {
         var r = new PolicyResult { Precision = s.Precision, Device = s.Device };
         var device = DeviceSpec.Parse(s.Device);
+        DeviceSpec.UseProcessThreadPool(s.Threads);
         var gpu = GpuMemory.TryOpen(device, out var why);
         r.DeviceMemoryNote = why;
         var setupClock = Stopwatch.StartNew();

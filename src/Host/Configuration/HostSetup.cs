@@ -34,14 +34,18 @@ public static class HostSetup
         return new ProcessStartInfo(self, all) { UseShellExecute = false, RedirectStandardError = true };
     }
 
-    /// <summary>Command-line options generated from <see cref="TrainSettings"/>: --batch-size maps to Train:BatchSize.</summary>
+    /// <summary>
+    /// Command-line options generated from <see cref="TrainSettings"/>: --batch-size maps to Train:BatchSize; the help
+    /// text is the property's [Description] followed by its configuration key.
+    /// </summary>
     public static List<(Option<string> Option, string Key)> SettingOptions()
     {
         var list = new List<(Option<string>, string)>();
         foreach (var p in typeof(TrainSettings).GetProperties(BindingFlags.Public | BindingFlags.Instance))
         {
             var name = "--" + Kebab(p.Name);
-            var o = new Option<string>(name) { Description = $"Train:{p.Name}", AllowMultipleArgumentsPerToken = p.PropertyType == typeof(string[]) };
+            var text = p.GetCustomAttribute<System.ComponentModel.DescriptionAttribute>()?.Description;
+            var o = new Option<string>(name) { Description = text != null ? $"{text} [Train:{p.Name}]" : $"Train:{p.Name}", AllowMultipleArgumentsPerToken = p.PropertyType == typeof(string[]) };
             if (p.PropertyType == typeof(string[])) o.Arity = ArgumentArity.ZeroOrMore;
             list.Add((o, p.Name));
         }

@@ -1,3 +1,4 @@
+using System.ComponentModel;
 using System.Globalization;
 using System.Reflection;
 using Microsoft.Extensions.Configuration;
@@ -10,69 +11,103 @@ namespace OrtFinetune.Host.Configuration;
 /// </summary>
 public sealed class TrainSettings
 {
+    // Each [Description] is the option's text in `train --help` (HostSetup.SettingOptions); a default that depends on
+    // the data or the run is resolved once at the start by RunDefaults and says its rule here.
+    [Description("Model architecture from a loaded plugin: vit-tiny (default), vit-small, vit-b16, vit-b32, vit-l16, vit-l32, vit-h14, auto (the architecture of --weights), onnx (--model-file)")]
     public string Model { get; set; } = "vit-tiny";
-    /// <summary>Forward ONNX file for the "onnx" model.</summary>
+    [Description("Forward ONNX file for --model onnx")]
     public string? ModelFile { get; set; }
-    /// <summary>Pretrained weights: a safetensors file, a folder, or a sharded index (model.safetensors.index.json).</summary>
+    [Description("Pretrained weights: a safetensors file, a folder, or a sharded index (model.safetensors.index.json)")]
     public string? Weights { get; set; }
-    /// <summary>Parameter naming of the weights: auto (detected from the keys), torchvision, hf or timm.</summary>
+    [Description("Parameter naming of the weights: auto (default: detected from the keys), torchvision, hf or timm")]
     public string WeightsFormat { get; set; } = "auto";
-    /// <summary>What the export verb writes: onnx (inference model) or safetensors (the weights, in ExportNaming).</summary>
+    [Description("What export writes: onnx (default: the inference model) or safetensors (the weights, in --export-naming)")]
     public string ExportFormat { get; set; } = "onnx";
-    /// <summary>Parameter naming of a safetensors export: torchvision, hf or timm.</summary>
+    [Description("Parameter naming of a safetensors export: torchvision (default), hf or timm")]
     public string ExportNaming { get; set; } = "torchvision";
+    [Description("Dataset from a loaded plugin: shapes (default; procedural, no files), mnist, fashion-mnist, cifar10, image-folder")]
     public string Dataset { get; set; } = "shapes";
+    [Description("Folder with the dataset's files (default: the dataset's own, e.g. /usr/share/datasets/fashion-mnist)")]
     public string? DataDir { get; set; }
+    [Description("Precision policy: auto (default: 32-true on the CPU, bf16-mixed or 16-mixed on CUDA), 32-true, 16-mixed, bf16-mixed, 16-true, bf16-true, 64-true")]
     public string Precision { get; set; } = "auto";
-    /// <summary>Dynamic loss scaling: empty = the policy's default (on for 16-mixed), true/false to force.</summary>
+    [Description("Dynamic loss scaling: true or false (default: the policy's, on for 16-mixed)")]
     public bool? LossScaling { get; set; }
-    /// <summary>The dynamic loss scale to start from (GradScaler's init_scale), up to 2^24.</summary>
+    [Description("The dynamic loss scale to start from (GradScaler's init_scale), 1 to 2^24 (default 65536)")]
     public double LossScaleInit { get; set; } = 65536;
-    /// <summary>Update rounding of 16-bit parameters: nearest or kahan (true policies).</summary>
+    [Description("Update rounding of 16-bit parameters: nearest (default) or kahan (compensated; true policies)")]
     public string Rounding { get; set; } = "nearest";
-    /// <summary>Also export a float16 inference model (model.fp16.onnx).</summary>
+    [Description("Also export a float16 inference model (model.fp16.onnx): true or false (default)")]
     public bool ExportFp16 { get; set; }
-    public int Epochs { get; set; } = 10;
+    [Description("Passes over the training split. Default (0): the dataset's own number if it has one (shapes 5), else 10")]
+    public int Epochs { get; set; }
+    [Description("Images per optimizer step, per --gradient-accumulation micro-batch (default 64)")]
     public int BatchSize { get; set; } = 64;
-    public double Lr { get; set; } = 3e-3;
+    [Description("Peak learning rate of the schedule (default 0.001)")]
+    public double Lr { get; set; } = 1e-3;
+    [Description("adamw (default), adam or sgd")]
     public string Optimizer { get; set; } = "adamw";
+    [Description("Weight decay (default 0.05; decoupled for adamw)")]
     public double WeightDecay { get; set; } = 0.05;
+    [Description("SGD momentum (default 0.9)")]
     public double Momentum { get; set; } = 0.9;
+    [Description("Clip the global gradient norm to this (default 1; empty = no clipping)")]
     public double? MaxGradNorm { get; set; } = 1.0;
+    [Description("Learning-rate schedule after the warm-up: cosine (default), linear or constant")]
     public string Schedule { get; set; } = "cosine";
-    public int WarmupSteps { get; set; } = 50;
+    [Description("Steps of linear learning-rate warm-up. Default (empty): 5% of the run's optimizer steps, at least 5 "
+        + "(3 epochs of Fashion-MNIST at batch 64: 126 of 2,529); a number wins")]
+    public int? WarmupSteps { get; set; }
+    [Description("Label smoothing in [0, 1) (default 0)")]
     public double LabelSmoothing { get; set; }
+    [Description("Micro-batches per optimizer step (default 1)")]
     public int GradientAccumulation { get; set; } = 1;
+    [Description("cpu (default) or cuda[:N]")]
     public string Device { get; set; } = "cpu";
+    [Description("Seed of weights, data order, splits and augmentation (default 42)")]
     public int Seed { get; set; } = 42;
+    [Description("Run folder (default: runs/<date-time>)")]
     public string? Output { get; set; }
+    [Description("Checkpoint to continue from (exactly where it stopped)")]
     public string? Resume { get; set; }
-    /// <summary>Input side in pixels; 0 = the model's default.</summary>
+    [Description("Input side in pixels. Default (0): the dataset's native size when its images are square and at most 64 px "
+        + "(Fashion-MNIST 28, shapes 16), rounded to a multiple of the patch size and at least 4 patches a side, "
+        + "unless --weights are given; otherwise the model's own (vit-tiny 32, vit-b16 224)")]
     public int ImageSize { get; set; }
-    /// <summary>Samples per split (0 = all), for quick runs.</summary>
+    [Description("Images per split (0 = all, the default), for quick runs")]
     public int Limit { get; set; }
+    [Description("Data loader threads (default 2)")]
     public int Workers { get; set; } = 2;
-    /// <summary>Training augmentation: auto (random resized crop + flip for images of 128 px and more, flip below), flip, crop, none.</summary>
+    [Description("Training augmentation: none, flip, crop, crop-flip, or auto (default): none for runs of up to 10 epochs; "
+        + "longer runs flip below 128 px and take random resized crops + flips from 128 px")]
     public string Augment { get; set; } = "auto";
-    /// <summary>ORT's CPU memory arena: faster steps, higher peak memory (see docs/benchmarks.md).</summary>
+    [Description("ORT's CPU memory arena: true (default; faster steps) or false (lower peak memory; see docs/benchmarks.md)")]
     public bool CpuArena { get; set; } = true;
+    [Description("Intra-op threads of ONNX Runtime, in one pool shared by the run's sessions (default 0 = one per core)")]
     public int Threads { get; set; }
+    [Description("Write a metrics line every N optimizer steps (default 10)")]
     public int LogEvery { get; set; } = 10;
-    /// <summary>Checkpoint every N optimizer steps (0 = at the end of each epoch only).</summary>
+    [Description("Checkpoint every N optimizer steps (default 0 = at the end of each epoch only)")]
     public int CheckpointEvery { get; set; }
+    [Description("An unreadable sample: stop (default) or skip")]
     public string BadSamples { get; set; } = "stop";
+    [Description("Train only the parameters matching these globs (repeatable; default: all)")]
     public string[] Trainable { get; set; } = [];
+    [Description("Freeze the parameters matching these globs (repeatable)")]
     public string[] Freeze { get; set; } = [];
-    /// <summary>Layer-wise learning-rate decay (BEiT/MAE finetuning), in (0, 1]: layer l of L gets lr * decay^(L + 1 - l); empty = off.</summary>
+    [Description("Layer-wise learning-rate decay in (0, 1] (BEiT/MAE finetuning): layer l of L gets lr x decay^(L + 1 - l); empty (default) = off")]
     public double? LayerDecay { get; set; }
-    /// <summary>Epochs at the start that update only the head (the rest keeps its weights and optimizer state); 0 = off.</summary>
+    [Description("Epochs at the start that update only the head; the rest keeps its weights and optimizer state (default 0 = off)")]
     public int HeadWarmupEpochs { get; set; }
-    /// <summary>Data-parallel ranks per node (one per GPU on CUDA); more than 1 starts them through Open MPI's mpirun.</summary>
+    [Description("Data-parallel ranks per node (default 1; one per GPU on CUDA); more than 1 starts them through Open MPI's mpirun")]
     public int Devices { get; set; } = 1;
-    /// <summary>Nodes of a multi-node data-parallel run (with --hostfile; see docs/distributed.md).</summary>
+    [Description("Nodes of a multi-node data-parallel run (default 1; with --hostfile; see docs/distributed.md)")]
     public int NumNodes { get; set; } = 1;
-    /// <summary>Open MPI hostfile naming the nodes of a multi-node run.</summary>
+    [Description("Open MPI hostfile naming the nodes of a multi-node run")]
     public string? Hostfile { get; set; }
+
+    /// <summary>A copy (arrays shared: they are never changed in place).</summary>
+    public TrainSettings Clone() => (TrainSettings)MemberwiseClone();
 
     static readonly Dictionary<string, PropertyInfo> Props =
         typeof(TrainSettings).GetProperties().ToDictionary(p => p.Name, StringComparer.OrdinalIgnoreCase);
@@ -124,23 +159,23 @@ public sealed class TrainSettings
     public void Validate(List<string> errors)
     {
         void Check(bool ok, string key, object? value, string rule) { if (!ok) errors.Add($"{key} = '{value}': {rule}"); }
-        Check(Epochs >= 1, "Train:Epochs (--epochs)", Epochs, "must be at least 1");
+        Check(Epochs >= 0, "Train:Epochs (--epochs)", Epochs, "must be at least 1 (or 0: automatic)");
         Check(BatchSize >= 1 && BatchSize <= 65536, "Train:BatchSize (--batch-size)", BatchSize, "must be between 1 and 65536");
         Check(Lr > 0 && Lr < 10 && double.IsFinite(Lr), "Train:Lr (--lr)", Lr, "must be a positive number below 10");
         Check(Optimizer is "sgd" or "adam" or "adamw", "Train:Optimizer (--optimizer)", Optimizer, "must be sgd, adam or adamw");
         Check(WeightDecay >= 0, "Train:WeightDecay (--weight-decay)", WeightDecay, "must be >= 0");
         Check(MaxGradNorm is null or > 0, "Train:MaxGradNorm (--max-grad-norm)", MaxGradNorm, "must be > 0");
         Check(Schedule is "constant" or "cosine" or "linear", "Train:Schedule (--schedule)", Schedule, "must be constant, cosine or linear");
-        Check(WarmupSteps >= 0, "Train:WarmupSteps (--warmup-steps)", WarmupSteps, "must be >= 0");
+        Check(WarmupSteps is null or >= 0, "Train:WarmupSteps (--warmup-steps)", WarmupSteps, "must be >= 0");
         Check(LabelSmoothing >= 0 && LabelSmoothing < 1, "Train:LabelSmoothing (--label-smoothing)", LabelSmoothing, "must be in [0, 1)");
         Check(GradientAccumulation >= 1, "Train:GradientAccumulation (--gradient-accumulation)", GradientAccumulation, "must be at least 1");
-        Check(ImageSize is 0 or (>= 8 and <= 4096), "Train:ImageSize (--image-size)", ImageSize, "must be 0 (model default) or between 8 and 4096");
+        Check(ImageSize is 0 or (>= 8 and <= 4096), "Train:ImageSize (--image-size)", ImageSize, "must be 0 (automatic) or between 8 and 4096");
         Check(Limit >= 0, "Train:Limit (--limit)", Limit, "must be >= 0");
         Check(Workers is >= 1 and <= 64, "Train:Workers (--workers)", Workers, "must be between 1 and 64");
         Check(Threads >= 0, "Train:Threads (--threads)", Threads, "must be >= 0");
         Check(LogEvery >= 1, "Train:LogEvery (--log-every)", LogEvery, "must be at least 1");
         Check(CheckpointEvery >= 0, "Train:CheckpointEvery (--checkpoint-every)", CheckpointEvery, "must be >= 0");
-        Check(Augment is "auto" or "flip" or "crop" or "none", "Train:Augment (--augment)", Augment, "must be auto, flip, crop or none");
+        Check(Augment is "auto" or "flip" or "crop" or "crop-flip" or "none", "Train:Augment (--augment)", Augment, "must be auto, flip, crop, crop-flip or none");
         Check(LossScaleInit is >= 1 and <= 1 << 24, "Train:LossScaleInit (--loss-scale-init)", LossScaleInit, "must be between 1 and 16777216 (2^24)");
         Check(Rounding is "nearest" or "kahan", "Train:Rounding (--rounding)", Rounding, "must be nearest or kahan");
         Check(LayerDecay is null or (> 0 and <= 1), "Train:LayerDecay (--layer-decay)", LayerDecay, "must be in (0, 1] (e.g. 0.75; 1 = no decay)");

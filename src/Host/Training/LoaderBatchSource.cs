@@ -23,6 +23,7 @@ public sealed class LoaderBatchSource : IBatchSource
             "none" => eval,
             "flip" => eval with { HorizontalFlip = 0.5 },
             "crop" => crop,
+            "crop-flip" => crop with { HorizontalFlip = 0.5 },
             _ => size >= 128 ? crop with { HorizontalFlip = 0.5 } : eval with { HorizontalFlip = 0.5 },
         };
         _loader = new DataLoader(ds, new TransformPipeline(training ? train : eval), new DataLoaderOptions

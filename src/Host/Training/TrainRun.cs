@@ -58,6 +58,7 @@ public sealed class TrainRun(TrainSettings s, PluginCatalog catalog, ILogger log
     Session Open()
     {
         var device = DeviceSpec.Parse(s.Device);
+        DeviceSpec.UseProcessThreadPool(s.Threads);
         if (!catalog.Datasets.TryGetValue(s.Dataset, out var ds))
             throw new UsageException($"dataset '{s.Dataset}' is not provided by any loaded plugin (available: {string.Join(", ", catalog.Datasets.Keys.Order())})");
         var policy = RunSetup.ResolvePrecision(catalog, s.Precision, device, "Train:Precision (--precision)", new PrecisionOptions
@@ -84,6 +85,9 @@ public sealed class TrainRun(TrainSettings s, PluginCatalog catalog, ILogger log
         }
         int classes = splits.Train.ClassNames.Count;
         log.LogInformation("dataset: {Train} train, {Val} validation, {Test} test images, {Classes} classes", splits.Train.Count, splits.Validation.Count, splits.Test.Count, classes);
+        var defaults = RunDefaults.Resolve(s, splits, catalog.Models.TryGetValue(s.Model, out var mp) ? mp.Provider.InputSize(s.Model) : null, World);
+        s = defaults.Settings;   // from here on the run, settings.json and summary.json see the resolved values
+        if (defaults.Summary != null) log.LogInformation("{Defaults}", defaults.Summary);
         if (splits.Train.Count < s.BatchSize) throw new UsageException($"the training split has {splits.Train.Count} images, fewer than one batch of {s.BatchSize}");
 
         var setup = RunSetup.Build(catalog, new RunSetup.Request
@@ -191,7 +195,7 @@ public sealed class TrainRun(TrainSettings s, PluginCatalog catalog, ILogger log
         var test = batches(x.Splits.Test, model, false, s);
         int stepsPerEpoch = train.BatchesPerEpoch / s.GradientAccumulation;
         long totalSteps = (long)stepsPerEpoch * s.Epochs;
-        var schedule = Schedules.Create(s.Schedule, s.Lr, totalSteps, Math.Min(s.WarmupSteps, totalSteps));
+        var schedule = Schedules.Create(s.Schedule, s.Lr, totalSteps, Math.Min(s.WarmupSteps ?? RunDefaults.Warmup(totalSteps), totalSteps));
 
         if (s.HeadWarmupEpochs >= s.Epochs)
             log.LogWarning("--head-warmup-epochs {Warmup} >= --epochs {Epochs}: this run trains only the head", s.HeadWarmupEpochs, s.Epochs);
@@ -308,6 +312,7 @@ public sealed class TrainRun(TrainSettings s, PluginCatalog catalog, ILogger log
             ["model"] = s.Model, ["dataset"] = s.Dataset, ["precision"] = x.Policy.Name, ["device"] = x.Device.ToString(),
             ["epochs"] = s.Epochs, ["batch_size"] = s.BatchSize, ["world_size"] = World, ["global_batch_size"] = s.BatchSize * World * s.GradientAccumulation,
             ["steps"] = trainer.Step, ["parameters"] = x.ParameterCount,
+            ["image_size"] = model.ImageSize, ["augment"] = s.Augment, ["lr"] = s.Lr, ["warmup_steps"] = s.WarmupSteps,
             ["train_seconds"] = Math.Round(trainSeconds, 2), ["samples_per_second"] = Math.Round(samples * World / trainSeconds, 1),
             ["peak_memory_mb"] = Process.GetCurrentProcess().PeakWorkingSet64 / (1 << 20),
             ["allreduce_seconds"] = World > 1 ? Math.Round(trainer.AllReduceTime.TotalSeconds, 3) : null,

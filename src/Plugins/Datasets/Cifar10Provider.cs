@@ -38,7 +38,7 @@ public sealed class Cifar10Provider : IDatasetProvider
         }
         var train = Load(trainFiles, classes, "cifar10/train-all");
         var test = Load(new List<string> { Path.Combine(dir, "test_batch.bin") }, classes, "cifar10/test-all");
-        return Splits.Build(Name, request, train, null, test);
+        return Splits.Build(Name, request, train, null, test, Splits.CommonSquareSize(train, test));
     }
 
     public static string[] ReadClassNames(string path)

@@ -115,7 +115,8 @@ public static class Splits
     public static int[] Range(int n) { var r = new int[n]; for (int i = 0; i < n; i++) r[i] = i; return r; }
 
     /// <summary>Builds the three splits from full train (and optional validation) sets and a test set, applying ValidationFraction and Limit.</summary>
-    public static DatasetSplits Build(string name, DatasetRequest request, IImageDataset train, IImageDataset? validation, IImageDataset test)
+    /// <param name="nativeImageSize">The side of every image when all are square and of one size (<see cref="DatasetSplits.NativeImageSize"/>).</param>
+    public static DatasetSplits Build(string name, DatasetRequest request, IImageDataset train, IImageDataset? validation, IImageDataset test, int? nativeImageSize = null)
     {
         int[] trainIdx, valIdx;
         IImageDataset valSource;
@@ -135,8 +136,12 @@ public static class Splits
         return new DatasetSplits(
             Wrap($"{name}/train", train, trainIdx),
             Wrap($"{name}/validation", valSource, valIdx),
-            Wrap($"{name}/test", test, testIdx));
+            Wrap($"{name}/test", test, testIdx)) { NativeImageSize = nativeImageSize };
     }
+
+    /// <summary>The common square side of in-memory splits (IDX, CIFAR), or null when they differ or are not square.</summary>
+    public static int? CommonSquareSize(params InMemoryImageDataset[] sets) =>
+        sets.Length > 0 && sets.All(d => d.Width == d.Height && d.Width == sets[0].Width) ? sets[0].Width : null;
 
     private static IImageDataset Wrap(string name, IImageDataset inner, int[] idx) => new SubsetDataset(name, inner, idx);
 }

@@ -28,7 +28,7 @@ public class IdxDatasetProvider : IDatasetProvider
             throw new DatasetException($"{dir}: data folder for '{Name}' not found (expected the IDX files train-images-idx3-ubyte[.gz], train-labels-idx1-ubyte[.gz], t10k-images-idx3-ubyte[.gz], t10k-labels-idx1-ubyte[.gz])");
         var train = LoadPair(dir, "train", "train");
         var test = LoadPair(dir, "t10k", "test");
-        return Splits.Build(Name, request, train, null, test);
+        return Splits.Build(Name, request, train, null, test, Splits.CommonSquareSize(train, test));
     }
 
     public static string FindFile(string dir, string prefix, string kind)

@@ -20,6 +20,10 @@ public sealed class VitModelProvider : IModelProvider
         + string.Join("; ", VitPresets.All.Select(p => $"{p.Name} = {p.Description}"))
         + $"; {Auto} = the architecture of the weights (their shapes and config.json)";
 
+    /// <summary>A preset's image size and patch size; null for <see cref="Auto"/> (the weights decide) and unknown names.</summary>
+    public ModelInputSize? InputSize(string architecture) =>
+        VitPresets.Find(architecture) is { } p ? new ModelInputSize(p.Config.ImageSize, p.Config.PatchSize) : null;
+
     /// <summary>The settings a request resolves to (preset, with the request's classes, channels and image size).</summary>
     public static (VitPreset Preset, VitConfig Config) Resolve(ModelRequest request)
     {

@@ -19,11 +19,46 @@ public sealed record DeviceSpec(string Kind, int Index)
 
     public override string ToString() => IsCuda ? $"cuda:{Index}" : "cpu";
 
-    /// <summary>Session options for this device. CUDA never falls back silently to the CPU.</summary>
+    static readonly object PoolLock = new();
+    static int? _poolThreads;
+
+    /// <summary>
+    /// Gives the process one ORT intra-op thread pool of <paramref name="intraOpThreads"/> threads (0 = ORT's default, one
+    /// per physical core), shared by every session later made with that thread count (<see cref="CreateSessionOptions"/>).
+    /// Must come before anything else makes ORT's environment; the host calls it first thing in train and benchmark.
+    /// Returns false, and sessions keep a pool each, where the environment already exists.
+    /// </summary>
+    /// <remarks>
+    /// Why: a trainer runs three sessions (training step, optimizer, evaluation) in turn, and with a pool each, the
+    /// threads of the pools that just ran spin (ORT's allow_spinning) while the next session's pool works and the
+    /// data loader's threads decode: on 2 cores vit-tiny at 16 px trained at 561 images/s with three pools and
+    /// 838 with one (docs/benchmarks.md, "One thread pool per process"); ViT-B/16, one long session, kept its step time.
+    /// </remarks>
+    public static bool UseProcessThreadPool(int intraOpThreads)
+    {
+        lock (PoolLock)
+        {
+            if (_poolThreads is int n) return n == intraOpThreads;
+            if (OrtEnv.IsCreated) return false;
+            using var threading = new OrtThreadingOptions { GlobalIntraOpNumThreads = intraOpThreads, GlobalInterOpNumThreads = 1 };
+            var options = new EnvironmentCreationOptions { threadOptions = threading, logLevel = OrtLoggingLevel.ORT_LOGGING_LEVEL_WARNING };
+            OrtEnv.CreateInstanceWithOptions(ref options);
+            _poolThreads = intraOpThreads;
+            return true;
+        }
+    }
+
+    /// <summary>
+    /// Session options for this device. CUDA never falls back silently to the CPU. A session with the thread count of the
+    /// process's pool (<see cref="UseProcessThreadPool"/>) runs on that pool; any other gets its own.
+    /// </summary>
     public SessionOptions CreateSessionOptions(int intraOpThreads = 0, bool cpuArena = true)
     {
         var so = new SessionOptions { GraphOptimizationLevel = GraphOptimizationLevel.ORT_ENABLE_ALL, EnableCpuMemArena = cpuArena };
-        if (intraOpThreads > 0) so.IntraOpNumThreads = intraOpThreads;
+        bool shared;
+        lock (PoolLock) shared = _poolThreads == intraOpThreads;
+        if (shared) so.DisablePerSessionThreads();
+        else if (intraOpThreads > 0) so.IntraOpNumThreads = intraOpThreads;
         if (IsCuda)
         {
             try

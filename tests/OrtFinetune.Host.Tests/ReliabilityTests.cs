@@ -43,7 +43,10 @@ public class ReliabilityTests(ITestOutputHelper log) : IDisposable
         string[] full = [TestPaths.HostDll, .. args];
         if (!args.Contains("--plugins-dir")) full = [.. full, "--plugins-dir", TestPaths.BuiltInPlugins];
         ProcessStartInfo psi;
-        if (shellPrefix == null) psi = new ProcessStartInfo("dotnet", full);
+        // A child inherits an ignored SIGINT (a test run started as `cmd &` from a script ignores it, as shells make
+        // background jobs do), and then rightly ignores Ctrl-C: start it as a foreground process would be.
+        if (shellPrefix == null && SigintIgnoredHere()) psi = new ProcessStartInfo("env", ["--default-signal=INT", "dotnet", .. full]);
+        else if (shellPrefix == null) psi = new ProcessStartInfo("dotnet", full);
         else
         {
             // bash -c '<prefix>; exec dotnet "$@"' -- args...
@@ -52,6 +55,13 @@ public class ReliabilityTests(ITestOutputHelper log) : IDisposable
         psi.RedirectStandardOutput = true; psi.RedirectStandardError = true; psi.UseShellExecute = false; psi.WorkingDirectory = _tmp;
         if (env != null) foreach (var (k, v) in env) psi.Environment[k] = v;
         return psi;
+    }
+
+    /// <summary>Whether this process ignores SIGINT (bit 1 of SigIgn in /proc/self/status).</summary>
+    static bool SigintIgnoredHere()
+    {
+        var line = File.ReadLines("/proc/self/status").FirstOrDefault(l => l.StartsWith("SigIgn:"));
+        return line != null && (Convert.ToUInt64(line[7..].Trim(), 16) & (1UL << (SIGINT - 1))) != 0;
     }
 
     Result Run(string[] args, IDictionary<string, string>? env = null, string? shellPrefix = null, int limitSeconds = 120)

@@ -150,6 +150,6 @@ public class RunDefaultsTests
         Assert.EndsWith("[Train:ImageSize]", options["ImageSize"]);
         Assert.Contains("5% of the run's optimizer steps", options["WarmupSteps"]);
         Assert.Contains("none for runs of up to 10 epochs", options["Augment"]);
-        Assert.Contains("the dataset's own number if it has one (shapes 5), else 10", options["Epochs"]);
+        Assert.Contains("the dataset's own number if it has one (shapes 6), else 10", options["Epochs"]);
     }
 }

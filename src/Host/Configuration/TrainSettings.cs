@@ -39,7 +39,7 @@ public sealed class TrainSettings
     public string Rounding { get; set; } = "nearest";
     [Description("Also export a float16 inference model (model.fp16.onnx): true or false (default)")]
     public bool ExportFp16 { get; set; }
-    [Description("Passes over the training split. Default (0): the dataset's own number if it has one (shapes 5), else 10")]
+    [Description("Passes over the training split. Default (0): the dataset's own number if it has one (shapes 6), else 10")]
     public int Epochs { get; set; }
     [Description("Images per optimizer step, per --gradient-accumulation micro-batch (default 64)")]
     public int BatchSize { get; set; } = 64;

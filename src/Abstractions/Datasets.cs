@@ -44,7 +44,7 @@ public sealed record DatasetSplits(IImageDataset Train, IImageDataset Validation
 {
     /// <summary>
     /// The side in pixels of every image when all are square and of one size (28 for MNIST and Fashion-MNIST, 32 for
-    /// CIFAR-10 and shapes); null when unknown or varying. The host's automatic image size (<c>--image-size</c> left
+    /// CIFAR-10, shapes' image-size setting: 16 by default); null when unknown or varying. The host's automatic image size (<c>--image-size</c> left
     /// at 0) follows it for small images.
     /// </summary>
     public int? NativeImageSize { get; init; }

@@ -195,7 +195,8 @@ public sealed class TrainRun(TrainSettings s, PluginCatalog catalog, ILogger log
         var test = batches(x.Splits.Test, model, false, s);
         int stepsPerEpoch = train.BatchesPerEpoch / s.GradientAccumulation;
         long totalSteps = (long)stepsPerEpoch * s.Epochs;
-        var schedule = Schedules.Create(s.Schedule, s.Lr, totalSteps, Math.Min(s.WarmupSteps ?? RunDefaults.Warmup(totalSteps), totalSteps));
+        // The warm-up was resolved with the other automatic settings in Open (RunDefaults), over these same steps.
+        var schedule = Schedules.Create(s.Schedule, s.Lr, totalSteps, Math.Min(s.WarmupSteps!.Value, totalSteps));
 
         if (s.HeadWarmupEpochs >= s.Epochs)
             log.LogWarning("--head-warmup-epochs {Warmup} >= --epochs {Epochs}: this run trains only the head", s.HeadWarmupEpochs, s.Epochs);

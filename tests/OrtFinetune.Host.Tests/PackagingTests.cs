@@ -37,7 +37,7 @@ public sealed class Sdk(ITestOutputHelper log, string scratch)
         p.BeginOutputReadLine(); p.BeginErrorReadLine();
         var max = limit ?? TimeSpan.FromMinutes(5);
         if (!p.WaitForExit(max)) { try { p.Kill(true); } catch (InvalidOperationException) { } Assert.Fail($"{step}: {file} {string.Join(' ', args)} ran past {max}:\n{o}\n{e}"); }
-        Thread.Sleep(50);                                   // let the last output events arrive
+        p.WaitForExit();                                    // unlike the timed wait, waits for the redirected output to end
         string so, se;
         lock (o) so = o.ToString();
         lock (e) se = e.ToString();

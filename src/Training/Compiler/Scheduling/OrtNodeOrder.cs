@@ -25,13 +25,7 @@ public static class OrtNodeOrder
     /// <summary>Moves the leaf nodes of <paramref name="g"/> (already in the intended order) to its end, last leaf first. Returns how many.</summary>
     public static int ForDepthFirstExecution(Graph g)
     {
-        var read = new HashSet<string>();
-        foreach (var n in g.Nodes)
-        {
-            foreach (var i in n.Inputs) if (i.Length > 0) read.Add(i);
-            foreach (var a in n.Attributes.Values) if (a.G != null) foreach (var v in a.G.OuterScopeReads()) read.Add(v);
-        }
-        var leaves = g.Nodes.Where(n => !n.Outputs.Any(read.Contains)).ToList();
+        var leaves = Leaves(g);
         if (leaves.Count < 2) return leaves.Count;
         var isLeaf = leaves.ToHashSet(ReferenceEqualityComparer.Instance);
         var inner = g.Nodes.Where(n => !isLeaf.Contains(n)).ToList();
@@ -40,6 +34,30 @@ public static class OrtNodeOrder
         g.Nodes.AddRange(inner);
         g.Nodes.AddRange(leaves);
         return leaves.Count;
+    }
+
+    /// <summary>
+    /// Undoes <see cref="ForDepthFirstExecution"/>: the leaves at the end of the list go back into the intended order (still
+    /// at the end), so a pass that turns leaves into inner nodes (e.g. Optimizers.GradientBuckets) sees the intended order
+    /// and arranges the graph again afterwards.
+    /// </summary>
+    public static void RestoreIntendedOrder(Graph g)
+    {
+        var leaves = Leaves(g).ToHashSet(ReferenceEqualityComparer.Instance);
+        int tail = 0;
+        while (tail < g.Nodes.Count && leaves.Contains(g.Nodes[g.Nodes.Count - 1 - tail])) tail++;
+        g.Nodes.Reverse(g.Nodes.Count - tail, tail);
+    }
+
+    static List<Node> Leaves(Graph g)
+    {
+        var read = new HashSet<string>();
+        foreach (var n in g.Nodes)
+        {
+            foreach (var i in n.Inputs) if (i.Length > 0) read.Add(i);
+            foreach (var a in n.Attributes.Values) if (a.G != null) foreach (var v in a.G.OuterScopeReads()) read.Add(v);
+        }
+        return g.Nodes.Where(n => !n.Outputs.Any(read.Contains)).ToList();
     }
 
     /// <summary>

@@ -48,10 +48,14 @@ public readonly record struct EvalStepResult(float Loss, long Top1Correct, long 
 /// <summary>
 /// Runs compiled training artifacts on an execution provider, with the retired ORT training API's
 /// shape: TrainStep, LazyResetGrad, OptimizerStep, EvalStep, SetLearningRate, SaveCheckpoint,
-/// LoadCheckpoint, ExportModelForInferencing. Parameters, gradients, optimizer state and buffers live
-/// in device OrtValues bound with IOBinding for the whole run; every updated output is bound to the
-/// buffer it replaces (in place), so persistent memory is one buffer per parameter, gradient and
-/// optimizer moment. Per step only the loss, metrics and the finite flag reach the host.
+/// LoadCheckpoint, ExportModelForInferencing. Parameters, optimizer state and buffers live in device
+/// OrtValues bound with IOBinding for the whole run; every updated output is bound to the buffer it
+/// replaces (in place), so persistent memory is one buffer per parameter and optimizer moment. Gradients:
+/// with a training model that accumulates (lazy_reset_grad and accumulation buffer inputs), one persistent
+/// buffer per parameter too; with one that does not, ORT allocates them during the training run, at their
+/// first write, and they are handed to the optimizer run and freed after it (PyTorch's
+/// zero_grad(set_to_none=True)): then each TrainStep needs its OptimizerStep. Per step only the loss,
+/// metrics and the finite flag reach the host.
 /// </summary>
 public sealed class Trainer : IDisposable
 {
@@ -65,6 +69,13 @@ public sealed class Trainer : IDisposable
     readonly string _labels;
     readonly List<(string Name, DataType Type, long[] Shape, OrtValue Value)> _params = new();
     readonly List<OrtValue> _grads = new();
+    /// <summary>The optimizer's gradient inputs (per bucket, else per parameter): persistent buffers, or with transient gradients the training run's outputs of the same names.</summary>
+    readonly List<(string Name, DataType Type, long Count)> _gradInputs = new();
+    readonly bool _transientGrads;
+    /// <summary>With transient gradients: the last training run's outputs (its gradients among them) until OptimizerStep consumes them.</summary>
+    IDisposableReadOnlyCollection<OrtValue>? _stepOutputs;
+    Dictionary<string, OrtValue>? _stepGradients;
+    readonly OrtValue _released = OrtValue.CreateTensorValueFromMemory(new float[1], []);
     readonly List<(string Name, DataType Type, long[] Shape, OrtValue Value)> _buffers = new();
     readonly List<(string Name, DataType Type, long[] Shape, OrtValue Value)> _states = new();
     readonly List<FlatBucket> _buckets = new();
@@ -96,7 +107,7 @@ public sealed class Trainer : IDisposable
     /// <summary>Time spent averaging gradients over the ranks (data parallel), host staging included.</summary>
     public TimeSpan AllReduceTime { get; private set; }
     /// <summary>Gradient bytes each rank contributes to the all-reduce of one optimizer step (0 in one process).</summary>
-    public long AllReduceBytesPerStep => _o.Communicator is { Size: > 1 } ? GradientBuffers().Sum(g => g.Count * g.Type.SizeOf()) : 0;
+    public long AllReduceBytesPerStep => _o.Communicator is { Size: > 1 } ? _gradInputs.Sum(g => g.Count * g.Type.SizeOf()) : 0;
     /// <summary>The dynamic loss scaler, when the training model seeds backward with a loss_scale input (e.g. 16-mixed).</summary>
     public LossScaler? Scaler { get; }
 
@@ -105,8 +116,7 @@ public sealed class Trainer : IDisposable
         _o = options ?? new TrainerOptions();
         _run = _o.Device.CreateRunOptions();
         var tg = training.Graph;
-        if (tg.Inputs.All(i => i.Name != TrainingArtifacts.LazyResetGrad))
-            throw new TrainingException("the training model has no gradient accumulation inputs; compile it with gradient accumulation (ortfinetune compile --gradient-accumulation)");
+        _transientGrads = tg.Inputs.All(i => i.Name != TrainingArtifacts.LazyResetGrad);
         _labels = tg.Inputs.First(i => i.Type.ElemType == DataType.Int64 && i.Name == "labels").Name;
         int labelsAt = tg.Inputs.FindIndex(i => i.Name == _labels);
         _forwardInputs = tg.Inputs.Take(labelsAt).Select(i => i.Name).ToArray();
@@ -135,7 +145,7 @@ public sealed class Trainer : IDisposable
             foreach (var b in buckets)
             {
                 if (!optimInputs.Contains(b.Name)) throw new TrainingException($"the optimizer model's bucket '{b.Name}' is not one of its inputs; recompile the artifacts");
-                var flat = new FlatBucket(b, Alloc(b), Alloc(b), suffixes.Where(x => optimInputs.Contains(OptimizerBuilder.StateName(b.Name, x))).ToDictionary(x => x, _ => Alloc(b)));
+                var flat = new FlatBucket(b, Alloc(b), _transientGrads ? null : Alloc(b), suffixes.Where(x => optimInputs.Contains(OptimizerBuilder.StateName(b.Name, x))).ToDictionary(x => x, _ => Alloc(b)));
                 _buckets.Add(flat);
                 foreach (var mb in b.Members)
                 {
@@ -151,7 +161,7 @@ public sealed class Trainer : IDisposable
                 var view = _dev.View(fb.Params.Memory, at.Member.Offset, p.Type, p.Dims);
                 _dev.UploadInto(p.Type, p.Dims, p.RawData.Span, view);
                 _params.Add((p.Name, p.Type, p.Dims, view));
-                _grads.Add(_dev.View(fb.Grads.Memory, at.Member.Offset, p.Type, p.Dims));
+                if (fb.Grads is { } grads) _grads.Add(_dev.View(grads.Memory, at.Member.Offset, p.Type, p.Dims));
                 foreach (var (suffix, st) in fb.States)
                     _states.Add((OptimizerBuilder.StateName(p.Name, suffix), p.Type, p.Dims, _dev.View(st.Memory, at.Member.Offset, p.Type, p.Dims)));
             }
@@ -161,7 +171,7 @@ public sealed class Trainer : IDisposable
             foreach (var p in parameters)
             {
                 _params.Add((p.Name, p.Type, p.Dims, _dev.Upload(p.Type, p.Dims, p.RawData.Span)));
-                _grads.Add(_dev.Zeros(p.Type, p.Dims));
+                if (!_transientGrads) _grads.Add(_dev.Zeros(p.Type, p.Dims));
             }
             foreach (var p in parameters)
                 foreach (var suffix in suffixes)
@@ -173,6 +183,12 @@ public sealed class Trainer : IDisposable
                 if (!optimInputs.Contains(p.Name)) throw new TrainingException($"the optimizer model does not update parameter '{p.Name}'; recompile the artifacts");
         }
         foreach (var bt in buffers) _buffers.Add((bt.Name, bt.Type, bt.Dims, _dev.Upload(bt.Type, bt.Dims, bt.RawData.Span)));
+        _gradInputs.AddRange(_buckets.Count > 0
+            ? _buckets.Select(b => (b.Bucket.Name + "_grad", b.Bucket.Type, b.Bucket.Elements))
+            : _params.Select(p => (TrainingArtifacts.GradName(p.Name), p.Type, Count(p.Shape))));
+        if (_transientGrads && _gradInputs.FirstOrDefault(x => tg.Outputs.All(o => o.Name != x.Name)).Name is { } missing)
+            throw new TrainingException($"the training model has no gradient accumulation inputs and no output '{missing}' for the optimizer model's gradient input of that name; " +
+                "compile it with gradient accumulation (ortfinetune compile --gradient-accumulation), or with its gradients in the optimizer's buckets (Optimizers.GradientBuckets)");
 
         bool hasLossScale = tg.Inputs.Any(i => i.Name == TrainingArtifacts.LossScaleInput);
         if (_o.LossScaling != null && !hasLossScale)
@@ -186,26 +202,29 @@ public sealed class Trainer : IDisposable
         _allFinite = OrtValue.CreateTensorValueFromMemory(new bool[1], []);
         _gradNorm = OrtValue.CreateTensorValueFromMemory(new float[1], []);
 
-        // Training: params and buffers in, gradients accumulated in place, buffers updated in place.
+        // Training: params and buffers in, gradients accumulated in place (or left to ORT: transient), buffers updated in place.
         _trainBinding = _train.CreateIoBinding();
-        for (int i = 0; i < _params.Count; i++)
+        var bound = new HashSet<string>();
+        void BindTrainOutput(string name, OrtValue v) { _trainBinding.BindOutput(name, v); bound.Add(name); }
+        for (int i = 0; i < _params.Count; i++) _trainBinding.BindInput(_params[i].Name, _params[i].Value);
+        for (int i = 0; i < _grads.Count; i++)
         {
-            _trainBinding.BindInput(_params[i].Name, _params[i].Value);
             _trainBinding.BindInput(TrainingArtifacts.AccumulationBuffer(_params[i].Name), _grads[i]);
-            _trainBinding.BindOutput(TrainingArtifacts.GradName(_params[i].Name), _grads[i]);
+            BindTrainOutput(TrainingArtifacts.GradName(_params[i].Name), _grads[i]);
         }
         foreach (var bf in _buffers)
         {
             _trainBinding.BindInput(bf.Name, bf.Value);
-            _trainBinding.BindOutput(TrainingArtifacts.UpdatedName(bf.Name), bf.Value);
+            BindTrainOutput(TrainingArtifacts.UpdatedName(bf.Name), bf.Value);
         }
-        _lazyReset = new StepScalar<bool>(true, (_trainBinding, TrainingArtifacts.LazyResetGrad));
+        _lazyReset = new StepScalar<bool>(true, _transientGrads ? Array.Empty<(OrtIoBinding, string)>() : [(_trainBinding, TrainingArtifacts.LazyResetGrad)]);
         if (Scaler != null) _lossScale = new StepScalar<float>(Scaler.Scale, (_trainBinding, TrainingArtifacts.LossScaleInput));
         BindProbes(_trainBinding, tg);
-        _trainBinding.BindOutput(TrainingArtifacts.LossOutput, _loss);
-        _trainDeviceOutputs.AddRange(tg.Outputs.Where(o => !IsBound(o.Name)).Select(o => o.Name));
-        if (_metrics) _trainBinding.BindOutput(TrainingArtifacts.Top1, _top1);
-        if (_metrics && tg.Outputs.Any(o => o.Name == TrainingArtifacts.Top5)) _trainBinding.BindOutput(TrainingArtifacts.Top5, _top5);
+        bound.UnionWith(_probes.Keys);
+        BindTrainOutput(TrainingArtifacts.LossOutput, _loss);
+        if (_metrics) BindTrainOutput(TrainingArtifacts.Top1, _top1);
+        if (_metrics && tg.Outputs.Any(o => o.Name == TrainingArtifacts.Top5)) BindTrainOutput(TrainingArtifacts.Top5, _top5);
+        _trainDeviceOutputs.AddRange(tg.Outputs.Where(o => !bound.Contains(o.Name)).Select(o => o.Name));
 
         _evalBinding = _eval.CreateIoBinding();
         foreach (var p in _params) _evalBinding.BindInput(p.Name, p.Value);
@@ -230,7 +249,7 @@ public sealed class Trainer : IDisposable
             foreach (var fb in _buckets)
             {
                 BindInPlace(fb.Bucket.Name, fb.Params.Flat);
-                _optimBinding.BindInput(fb.Bucket.Name + "_grad", fb.Grads.Flat);
+                if (fb.Grads is { } grads) _optimBinding.BindInput(fb.Bucket.Name + "_grad", grads.Flat);
                 foreach (var (suffix, st) in fb.States) BindInPlace(OptimizerBuilder.StateName(fb.Bucket.Name, suffix), st.Flat);
             }
         else
@@ -238,7 +257,7 @@ public sealed class Trainer : IDisposable
             for (int i = 0; i < _params.Count; i++)
             {
                 BindInPlace(_params[i].Name, _params[i].Value);
-                _optimBinding.BindInput(_params[i].Name + "_grad", _grads[i]);
+                if (!_transientGrads) _optimBinding.BindInput(_params[i].Name + "_grad", _grads[i]);
             }
             foreach (var s in _states) BindInPlace(s.Name, s.Value);
         }
@@ -262,24 +281,22 @@ public sealed class Trainer : IDisposable
         ? _buckets.Select(b => (b.Params.Flat, b.Bucket.Type, b.Bucket.Elements))
         : _params.Select(p => (p.Value, p.Type, Count(p.Shape)));
 
-    IEnumerable<(OrtValue Value, DataType Type, long Count)> GradientBuffers() => _buckets.Count > 0
-        ? _buckets.Select(b => (b.Grads.Flat, b.Bucket.Type, b.Bucket.Elements))
-        : _params.Select((p, i) => (_grads[i], p.Type, Count(p.Shape)));
+    /// <summary>The gradients as the optimizer reads them (with transient gradients: the last training run's).</summary>
+    IEnumerable<(OrtValue Value, DataType Type, long Count)> GradientBuffers() => _transientGrads
+        ? _gradInputs.Select(x => (_stepGradients![x.Name], x.Type, x.Count))
+        : _buckets.Count > 0
+            ? _buckets.Select(b => (b.Grads!.Value.Flat, b.Bucket.Type, b.Bucket.Elements))
+            : _params.Select((p, i) => (_grads[i], p.Type, Count(p.Shape)));
 
     static long Count(long[] shape) => shape.Aggregate(1L, (a, b) => a * b);
 
-    /// <summary>A bucket's flat buffers: parameters, gradients and each optimizer state (by suffix).</summary>
-    sealed record FlatBucket(OptimizerBucket Bucket, (OrtMemoryAllocation Memory, OrtValue Flat) Params, (OrtMemoryAllocation Memory, OrtValue Flat) Grads,
+    /// <summary>A bucket's flat buffers: parameters, gradients (null when transient) and each optimizer state (by suffix).</summary>
+    sealed record FlatBucket(OptimizerBucket Bucket, (OrtMemoryAllocation Memory, OrtValue Flat) Params, (OrtMemoryAllocation Memory, OrtValue Flat)? Grads,
         Dictionary<string, (OrtMemoryAllocation Memory, OrtValue Flat)> States)
     {
-        public IEnumerable<(OrtMemoryAllocation Memory, OrtValue Flat)> All => States.Values.Prepend(Grads).Prepend(Params);
+        public IEnumerable<(OrtMemoryAllocation Memory, OrtValue Flat)> All => (Grads is { } g ? States.Values.Prepend(g) : States.Values).Prepend(Params);
         public long Bytes => All.Sum(x => (long)x.Memory.Size);
     }
-
-    bool IsBound(string output) =>
-        _probes.ContainsKey(output) || output == TrainingArtifacts.LossOutput || output == TrainingArtifacts.Top1 || output == TrainingArtifacts.Top5
-        || _params.Any(p => TrainingArtifacts.GradName(p.Name) == output)
-        || _buffers.Any(b => TrainingArtifacts.UpdatedName(b.Name) == output);
 
     /// <summary>Binds the <see cref="StepInputProbe"/> echo outputs a graph has to host scalars.</summary>
     void BindProbes(OrtIoBinding binding, Graph g)
@@ -357,13 +374,22 @@ public sealed class Trainer : IDisposable
         _lr.Value = lr;
     }
 
-    /// <summary>The next TrainStep overwrites the gradients instead of adding to them.</summary>
+    /// <summary>The next TrainStep overwrites the gradients instead of adding to them (with transient gradients it always does).</summary>
     public void LazyResetGrad() => _resetPending = true;
 
-    /// <summary>Forward + backward on one batch; gradients are added to the accumulated ones (or reset them after LazyResetGrad).</summary>
+    /// <summary>True when the gradients exist only from the training run to the optimizer run (a training model without accumulation inputs).</summary>
+    public bool TransientGradients => _transientGrads;
+
+    /// <summary>
+    /// Forward + backward on one batch; gradients are added to the accumulated ones (or reset them after LazyResetGrad).
+    /// With transient gradients, the gradients of this batch alone, for the next OptimizerStep.
+    /// </summary>
     public TrainStepResult TrainStep(IReadOnlyList<OrtValue> inputs, OrtValue labels)
     {
         if (inputs.Count != _forwardInputs.Length) throw new TrainingException($"the model takes {_forwardInputs.Length} inputs, {inputs.Count} given");
+        if (_stepGradients != null)
+            throw new TrainingException("the training model has no gradient accumulation inputs, so every TrainStep needs an OptimizerStep before the next one; " +
+                "to accumulate gradients over several batches compile it with gradient accumulation (ortfinetune compile --gradient-accumulation)");
         for (int i = 0; i < inputs.Count; i++) _trainBinding.BindInput(_forwardInputs[i], inputs[i]);
         _trainBinding.BindInput(_labels, labels);
         _lazyReset.Value = _resetPending;
@@ -372,6 +398,14 @@ public sealed class Trainer : IDisposable
         _train.RunWithBinding(_run, _trainBinding);
         _trainBinding.SynchronizeBoundOutputs();
         _resetPending = false;
+        if (_transientGrads)
+        {
+            var names = _trainBinding.GetOutputNames();
+            _stepOutputs = _trainBinding.GetOutputValues();
+            var byName = new Dictionary<string, OrtValue>();
+            for (int i = 0; i < names.Length; i++) byName[names[i]] = _stepOutputs[i];
+            _stepGradients = _gradInputs.ToDictionary(x => x.Name, x => byName[x.Name]);
+        }
         return new TrainStepResult(ReadScalar(_loss), _metrics ? _top1.GetTensorDataAsSpan<long>()[0] : -1);
     }
 
@@ -385,6 +419,11 @@ public sealed class Trainer : IDisposable
         float scale = Scaler?.Scale ?? 1f;
         if (!UpdateBody && _bodyStep == null)
             throw new TrainingException("a head-only update needs an optimizer model compiled with head parameters (OptimizerOptions.HeadParameters)");
+        if (_transientGrads)
+        {
+            if (_stepGradients == null) throw new TrainingException("OptimizerStep needs a TrainStep first (the training model has no gradient accumulation inputs: its gradients exist only from a TrainStep to the next OptimizerStep)");
+            foreach (var (name, v) in _stepGradients) _optimBinding.BindInput(name, v);
+        }
         if (_o.Communicator is { Size: > 1 } c)
         {
             long t0 = System.Diagnostics.Stopwatch.GetTimestamp();
@@ -394,8 +433,12 @@ public sealed class Trainer : IDisposable
         _step.Value = Step + 1;
         if (_bodyStep != null) _bodyStep.Value = UpdateBody ? BodyStep + 1 : 0;
         _gradScale.Value = scale;
-        _optim.RunWithBinding(_run, _optimBinding);
-        _optimBinding.SynchronizeBoundOutputs();
+        try
+        {
+            _optim.RunWithBinding(_run, _optimBinding);
+            _optimBinding.SynchronizeBoundOutputs();
+        }
+        finally { ReleaseStepGradients(); }
         bool finite = _allFinite.GetTensorDataAsSpan<bool>()[0];
         if (finite) { Step++; if (UpdateBody) BodyStep++; }
         if (Scaler != null)
@@ -404,6 +447,20 @@ public sealed class Trainer : IDisposable
             _lossScale!.Value = Scaler.Scale;
         }
         return new OptimizerStepResult(finite, _gradNorm.GetTensorDataAsSpan<float>()[0], scale);
+    }
+
+    /// <summary>
+    /// Frees the last training run's gradients (transient gradients): our references, and the bindings' (an IOBinding holds
+    /// the values bound to it until they are bound again).
+    /// </summary>
+    void ReleaseStepGradients()
+    {
+        if (_stepGradients == null) return;
+        foreach (var name in _stepGradients.Keys) _optimBinding.BindInput(name, _released);
+        foreach (var o in _trainDeviceOutputs) _trainBinding.BindOutputToDevice(o, _dev.MemoryInfo);
+        _stepOutputs!.Dispose();
+        _stepOutputs = null;
+        _stepGradients = null;
     }
 
     public EvalStepResult EvalStep(IReadOnlyList<OrtValue> inputs, OrtValue labels)
@@ -444,9 +501,9 @@ public sealed class Trainer : IDisposable
         return new Tensor(p.Name, p.Type, p.Shape, _dev.Download(p.Value));
     }
 
-    /// <summary>Bytes held for the whole run: parameters, gradients, optimizer state, buffers.</summary>
+    /// <summary>Bytes held for the whole run: parameters, gradients (unless transient), optimizer state, buffers.</summary>
     public long PersistentBytes =>
-        (_buckets.Count > 0 ? _buckets.Sum(b => b.Bytes) : _params.Sum(p => Bytes(p.Type, p.Shape)) * 2 + _states.Sum(s => Bytes(s.Type, s.Shape)))
+        (_buckets.Count > 0 ? _buckets.Sum(b => b.Bytes) : _params.Sum(p => Bytes(p.Type, p.Shape)) * (_transientGrads ? 1 : 2) + _states.Sum(s => Bytes(s.Type, s.Shape)))
         + _buffers.Sum(b => Bytes(b.Type, b.Shape));
 
     static long Bytes(DataType t, long[] shape) => shape.Aggregate(1L, (a, b) => a * b) * t.SizeOf();
@@ -514,6 +571,7 @@ public sealed class Trainer : IDisposable
         SetLearningRate(float.Parse(ck.Meta["learning_rate"], CultureInfo.InvariantCulture));
         if (scaler != null) { Scaler!.Load(scaler.State()); _lossScale!.Value = Scaler.Scale; }
         _resetPending = true;
+        ReleaseStepGradients();
         return ck.Meta.Where(kv => kv.Key.StartsWith("user.")).ToDictionary(kv => kv.Key[5..], kv => kv.Value);
     }
 
@@ -543,6 +601,8 @@ public sealed class Trainer : IDisposable
 
     public void Dispose()
     {
+        _stepOutputs?.Dispose();
+        _released.Dispose();
         _trainBinding.Dispose(); _evalBinding.Dispose(); _optimBinding.Dispose();
         foreach (var v in _params.Select(p => p.Value).Concat(_grads).Concat(_buffers.Select(b => b.Value)).Concat(_states.Select(s => s.Value))) v.Dispose();
         foreach (var (memory, flat) in _buckets.SelectMany(b => b.All)) { flat.Dispose(); memory.Dispose(); }

@@ -106,14 +106,21 @@ public sealed record OptimizerBucket(string Name, DataType Type, bool Decays, lo
     /// <summary>Member offsets are multiples of this many bytes (CUDA's allocation alignment).</summary>
     public const int AlignmentBytes = 256;
 
+    /// <summary>A bucket's members lie within this many consecutive parameters of the interface order.</summary>
+    public const int Window = 16;
+
     /// <summary>
     /// Groups parameters by (dtype, weight decay, learning-rate multiplier, body or head) in their order and fills
     /// buckets up to <paramref name="maxBytes"/> counted in fp32 (the update's compute type; a larger parameter gets
-    /// a bucket of its own), so that every bucket has one update rule.
+    /// a bucket of its own), so that every bucket has one update rule. A bucket also closes before a member that lies
+    /// <see cref="Window"/> or more parameters after its first one: the backward makes a bucket's gradients close together,
+    /// so that gradients flattened into their buckets in the training graph (Optimizers.GradientBuckets) need not wait for
+    /// the end of the backward (one bucket of every model's biases and norms would keep each layer's output gradients alive).
     /// </summary>
     public static List<OptimizerBucket> Plan(IReadOnlyList<Tensor> parameters, OptimizerOptions o, long maxBytes)
     {
         var buckets = new List<OptimizerBucket>();
+        var position = parameters.Select((p, i) => (p.Name, i)).ToDictionary(x => x.Name, x => x.i);
         foreach (var group in parameters.GroupBy(p => (p.Type, Decays: o.Decays(p), Lr: o.LrMultiplier(p.Name), Body: o.IsBody(p.Name))))
         {
             var members = new List<BucketMember>();
@@ -130,7 +137,7 @@ public sealed record OptimizerBucket(string Name, DataType Type, bool Decays, lo
             {
                 long n = p.ElementCount;
                 // The cap counts fp32 bytes: 16-bit parameters are updated in fp32 temporaries too.
-                if (members.Count > 0 && (size + n) * Math.Max(4, group.Key.Type.SizeOf()) > maxBytes) Close();
+                if (members.Count > 0 && ((size + n) * Math.Max(4, group.Key.Type.SizeOf()) > maxBytes || position[p.Name] - position[members[0].Param] >= Window)) Close();
                 members.Add(new BucketMember(p.Name, size, n));
                 size += (n + align - 1) / align * align;
             }

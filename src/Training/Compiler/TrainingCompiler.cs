@@ -37,6 +37,11 @@ public sealed record CompileOptions
     /// </summary>
     public bool RecomputeAttention { get; init; } = true;
     /// <summary>
+    /// Casts of parameters (mixed policies: the 16-bit weight copies) are cast again in the backward instead of being kept
+    /// from the forward (see Fusion.ParameterCastRecompute). On by default.
+    /// </summary>
+    public bool RecomputeParameterCasts { get; init; } = true;
+    /// <summary>
     /// With <see cref="Kernels"/> and a mixed policy: autocast's 16-bit ops stay 16-bit in the graph where the provider
     /// lacks the kernel, computed in fp32 between casts by the kernel fallback, so that the activations kept for the
     /// backward are 16-bit as autocast keeps them (CPU: about half the activation memory, at the cost of the casts).
@@ -165,6 +170,7 @@ public static class TrainingCompiler
         var grads = Autodiff.Autodiff.Differentiate(g, opset, TrainingArtifacts.LossOutput, parameters, registry, seed);
         Fusion.ErfGeluFusion.Unfuse(g, gelus);
         if (options.RecomputeAttention) Fusion.AttentionRecompute.Apply(g, forwardNodes, opset);
+        if (options.RecomputeParameterCasts) Fusion.ParameterCastRecompute.Apply(g, forwardNodes, opset);
         var accInputs = new List<ValueInfo>();
         if (options.GradientAccumulation)
         {

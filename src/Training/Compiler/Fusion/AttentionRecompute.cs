@@ -13,8 +13,8 @@ namespace OrtFinetune.Training.Compiler.Fusion;
 /// recompute (ViT-B/16: +0.7% of a step's FLOPs).
 /// </para>
 /// <see cref="Apply"/> runs after autodiff: for every forward Softmax whose input chain reaches a MatMul through
-/// scalar scalings and Casts only, it clones that chain (MatMul, scalings, Casts, Softmax, and the Casts of P the
-/// backward reads) into the backward, just before the first backward node that reads P, and points the backward's
+/// scalar scalings and Casts only, it clones that chain (a Transpose that makes an operand for the MatMul alone, the
+/// MatMul, scalings, Casts, Softmax, and the Casts of P the backward reads) into the backward, just before the first backward node that reads P, and points the backward's
 /// reads of P (and of its Casts) at the clones. The forward keeps its own nodes and P dies in the forward, after
 /// the product with v. The backward computes exactly what it computed before (same ops on the same inputs), so
 /// gradients are unchanged; ORT's CommonSubexpressionElimination, which would merge the clones with their forward
@@ -31,11 +31,7 @@ public static class AttentionRecompute
         var producers = g.Producers();
         var consumers = g.Consumers();
         var outputs = g.Outputs.Select(o => o.Name).ToHashSet();
-        var b = new GraphBuilder(g, opset);
-        var position = new Dictionary<Node, int>(ReferenceEqualityComparer.Instance);
-        for (int i = 0; i < g.Nodes.Count; i++) position[g.Nodes[i]] = i;
-        var inserts = new List<(int At, List<Node> Clones)>();
-        List<Node> Backward(string v) => consumers.TryGetValue(v, out var cs) ? cs.Where(c => !forward.Contains(c)).ToList() : [];
+        var recompute = new BackwardRecompute(g, forward, opset);
 
         foreach (var softmax in g.Nodes.Where(n => forward.Contains(n) && n.OpType == "Softmax" && n.Domain == "" && n.Inputs.Count == 1).ToList())
         {
@@ -56,35 +52,21 @@ public static class AttentionRecompute
                 at = p;
             }
             if (!ok) continue;
+            // A transposed operand made for this product alone (kᵀ) is recomputed too: the backward then keeps its source,
+            // which it reads anyway once ORT folds the product gradient's transpose back into it (else both are kept).
+            foreach (var operand in chain[0].Inputs.Distinct().ToList())
+                if (producers.TryGetValue(operand, out var t) && t.OpType == "Transpose" && t.Domain == "" && forward.Contains(t)
+                    && !outputs.Contains(operand) && consumers[operand].All(c => c == chain[0] || !forward.Contains(c)))
+                    chain.Insert(0, t);
             // The probabilities and their forward Casts (mixed precision: P in 16-bit for the product with v).
             var probs = new List<Node>();
             foreach (var c in consumers.GetValueOrDefault(softmax.Output(0)) ?? [])
                 if (forward.Contains(c) && c.OpType == "Cast" && c.Domain == "" && !outputs.Contains(c.Output(0))) probs.Add(c);
-            var read = chain.Concat(probs).Where(n => Backward(n.Output(0)).Count > 0).ToList();
+            var read = chain.Concat(probs).Where(recompute.ReadByBackward).ToList();
             if (!read.Contains(softmax) && !probs.Any(read.Contains)) continue;   // P is not saved: nothing to recompute
-
-            var rename = new Dictionary<string, string>();
-            var clones = new List<Node>();
-            foreach (var n in chain.Concat(probs.Where(read.Contains)))
-            {
-                var o = n.Output(0);
-                var c = new Node(n.OpType, n.Inputs.Select(i => rename.GetValueOrDefault(i, i)), [b.Unique(o + "/recompute")], b.Unique((n.Name.Length > 0 ? n.Name : n.OpType) + "/recompute"), n.Domain);
-                foreach (var a in n.Attributes.Values) c.Set(a);
-                if (g.TypeOf(o) is { } t) g.ValueTypes[c.Output(0)] = t;
-                rename[o] = c.Output(0);
-                clones.Add(c);
-            }
-            int first = int.MaxValue;
-            foreach (var n in read)
-                foreach (var c in Backward(n.Output(0)))
-                {
-                    for (int i = 0; i < c.Inputs.Count; i++) if (c.Inputs[i] == n.Output(0)) c.Inputs[i] = rename[n.Output(0)];
-                    first = Math.Min(first, position[c]);
-                }
-            inserts.Add((first, clones));
+            recompute.Add(chain.Concat(probs.Where(read.Contains)).ToList());
         }
-        foreach (var (pos, clones) in inserts.OrderByDescending(x => x.At)) g.Nodes.InsertRange(pos, clones);
-        return inserts.Count;
+        return recompute.Apply();
     }
 
     static bool IsConstant(Graph g, Dictionary<string, Node> producers, string v) =>

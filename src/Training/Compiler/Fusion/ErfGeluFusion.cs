@@ -98,15 +98,19 @@ public static class ErfGeluFusion
         bool low = t is DataType.Float16 or DataType.BFloat16;
         var ct = low ? DataType.Float : t;
         string Up(string v) => low ? b.Cast(v, DataType.Float) : v;
+        var gy = Up(c.GO(0)!);
         var (x, scale, add, half) = (Up(c.I(0)), Up(c.I(1)), Up(c.I(2)), Up(c.I(3)));
         bool div = c.Node.GetString("scale", "Div") == "Div";
+        // Written from z alone (x = z·C or z/C), so that x dies at once and at most three tensors of x's size are
+        // resident at a time: ORT runs an Add's later-emitted input first, here the e^(−z²) branch, then erf.
         var z = div ? b.Div(x, scale) : b.Mul(x, scale);
         var cdf = b.Add(b.Op("Erf", [z]), add);                                                // A + erf z
+        var xOverZ = div ? scale : b.Div(b.Scalar(1, ct), scale);                              // x / z
         var dz = div ? b.Div(b.Scalar(1, ct), scale) : scale;                                  // dz/dx
-        var k = b.Mul(dz, b.Scalar(2 / Math.Sqrt(Math.PI), ct));                              // scalar
-        var pdf = b.Op("Exp", [b.Neg(b.Mul(z, z))]);                                          // e^(−z²)
-        var d = b.Add(cdf, b.Mul(b.Mul(x, pdf), k));                                          // dy/dx / H
-        var gx = b.Mul(b.Mul(Up(c.GO(0)!), half), d);
+        var k = b.Mul(b.Mul(dz, xOverZ), b.Scalar(2 / Math.Sqrt(Math.PI), ct));               // scalar
+        var pdf = b.Mul(b.Mul(z, b.Op("Exp", [b.Neg(b.Mul(z, z))])), k);                      // x (2/√π) e^(−z²) dz/dx
+        var d = b.Mul(b.Add(cdf, pdf), half);                                                 // dy/dx
+        var gx = b.Mul(gy, d);
         c.SetGI(0, low ? b.Cast(gx, t) : gx);
     }, inputs: [0], domain: Domain);
 

@@ -65,6 +65,33 @@ public class MemoryModelTests(ITestOutputHelper log)
         Assert.InRange(ratio, 0.67, 1.5);
     }
 
+    /// <summary>
+    /// Transient gradients (Optimizers.GradientBuckets) in the memory model, ViT-B/16 geometry at batch 8 with the CPU's
+    /// 4 MiB buckets: the gradients leave the persistent state, and because a bucket's gradients are made together in the
+    /// backward (bucket plan's window) the step's activation peak grows by the few gradients made before it, so the
+    /// predicted peak drops by nearly the gradients' size (330 MiB; at the time of writing 2,277 -> 1,967 MiB).
+    /// </summary>
+    [Fact]
+    public void TransientGradientsLowerThePredictedPeakByNearlyTheirSize()
+    {
+        var model = VitBuilder.Build(new VitConfig { ImageSize = 224, PatchSize = 16, Layers = 12, Heads = 12, Hidden = 768, MlpDim = 3072, NumClasses = 1000 }, seed: 1);
+        var o = new OptimizerOptions { Type = "adamw", WeightDecay = 0.05, BucketBytes = OptimizerBuilder.DefaultBucketBytesFor(cuda: false) };
+        var persistent = TrainingCompiler.Compile(model, new CompileOptions { GradientAccumulation = true });
+        var transient = TrainingCompiler.Compile(model, new CompileOptions());
+        var optimizer = OptimizerBuilder.Build(transient.Parameters, o);
+        GradientBuckets.Apply(transient.TrainingModel, OptimizerBucket.Read(optimizer));
+        var before = MemoryModel.Predict(persistent.TrainingModel, optimizer, 8);
+        var after = MemoryModel.Predict(transient.TrainingModel, optimizer, 8);
+        log.WriteLine("persistent gradients: " + before.Summary("host"));
+        log.WriteLine("transient gradients:  " + after.Summary("host"));
+        long grads = transient.Parameters.Sum(p => p.ElementCount * 4);
+        Assert.Equal(0, before.TransientGradientBytes);
+        Assert.InRange(after.TransientGradientBytes, grads, grads + grads / 50);   // alignment gaps
+        Assert.Equal(before.PersistentBytes - after.TransientGradientBytes, after.PersistentBytes);
+        Assert.True(after.ActivationPeakBytes - before.ActivationPeakBytes < grads / 10, $"activation peak {before.ActivationPeakBytes >> 20} -> {after.ActivationPeakBytes >> 20} MiB");
+        Assert.True(after.TotalBytes < before.TotalBytes - grads * 8 / 10, $"total {before.TotalBytes >> 20} -> {after.TotalBytes >> 20} MiB");
+    }
+
     static long Status(string key)
     {
         var line = File.ReadLines("/proc/self/status").First(l => l.StartsWith(key + ":", StringComparison.Ordinal));
@@ -86,11 +113,13 @@ public class MemoryModelTests(ITestOutputHelper log)
 
     /// <summary>
     /// Mixed policies on the CPU (no 16-bit matrix kernels): with CompileOptions.LowPrecisionActivations the activations at
-    /// the step's peak drop to at most 0.66x those of 32-true (memory model: 0.64x; without it 1.00x; issue 11's target,
-    /// 0.6x, is not reached yet). ViT-B/16 geometry (12 layers, d 768), batch 8.
+    /// the step's peak drop to at most 0.8x those of 32-true (memory model in ORT's execution order: 0.77x, 737 of 951 MiB;
+    /// without it 1.00x; issue 11's target, 0.6x, is not reached: the 16-bit weight copies the backward reads, 158 MiB, and
+    /// the fp32 GELU-gradient temporaries are what is left). ViT-B/16 geometry (12 layers, d 768), batch 8. (An earlier
+    /// figure, 0.64x, was taken in a node order shape inference had re-sorted, not the order ORT runs.)
     /// </summary>
     [Fact]
-    public void MixedActivationsWithLowPrecisionActivationsAreAtMostTwoThirdsOfFp32()
+    public void MixedActivationsWithLowPrecisionActivationsAreAtMostFourFifthsOfFp32()
     {
         var model = VitBuilder.Build(new VitConfig { ImageSize = 224, PatchSize = 16, Layers = 12, Heads = 12, Hidden = 768, MlpDim = 3072, NumClasses = 1000 }, seed: 1);
         var kernels = KernelProbe.For(DeviceSpec.Cpu);
@@ -104,7 +133,7 @@ public class MemoryModelTests(ITestOutputHelper log)
         long full = Peak(null, false), mixed = Peak(new Bf16Mixed(), false), low = Peak(new Bf16Mixed(), true);
         log.WriteLine($"activations at the peak: 32-true {full / 1048576.0:F0} MiB, bf16-mixed {mixed / 1048576.0:F0} MiB ({(double)mixed / full:F2}x), with 16-bit activations {low / 1048576.0:F0} MiB ({(double)low / full:F2}x)");
         Assert.Equal(full, mixed);
-        Assert.True(low <= 0.66 * full, $"{(double)low / full:F2}x");
+        Assert.True(low <= 0.8 * full, $"{(double)low / full:F2}x");
     }
 }
 

@@ -39,7 +39,7 @@ public static class BenchmarkChild
         var setup = RunSetup.Build(catalog, new RunSetup.Request
         {
             Model = s.Model, Classes = classes, ImageSize = s.ImageSize, Seed = s.Seed, Weights = s.Weights,
-            Policy = RunSetup.ResolvePrecision(catalog, s.Precision, device, "--precisions"),
+            Policy = RunSetup.ResolvePrecision(catalog, s.Precision, device, "--precisions"), GradientAccumulation = false, LowPrecisionActivations = s.LowPrecisionActivations,
             Optimizer = new OrtFinetune.Training.Compiler.Optimizers.OptimizerOptions { Type = s.Optimizer, WeightDecay = s.WeightDecay, Momentum = s.Optimizer == "sgd" ? 0.9 : 0, MaxGradNorm = s.MaxGradNorm },
         }, device);
         var compiled = setup.Artifacts;

@@ -99,7 +99,7 @@ public static class BenchmarkReport
         sb.AppendLine();
         sb.AppendLine($"Machine: {c.Cpu}, {Environment.ProcessorCount} cores; ONNX Runtime {c.OrtVersion}; .NET {Environment.Version}. " +
             $"{s.Warmup} warm-up + {s.Steps} timed full steps (TrainStep + OptimizerStep) per policy, each policy in its own process" +
-            (s.CpuArena ? ", CPU arena on" : ", CPU arena off") + (s.Threads > 0 ? $", {s.Threads} intra-op threads" : "") + ".");
+            (s.CpuArena ? ", CPU arena on" : ", CPU arena off") + (s.LowPrecisionActivations ? ", --low-precision-activations" : "") + (s.Threads > 0 ? $", {s.Threads} intra-op threads" : "") + ".");
         sb.AppendLine();
         sb.Append("| policy | step time median (s) | p10 / p90 (s) | samples/s | peak RSS (MiB) |");
         if (cuda) sb.Append(" peak device memory (MiB) |");

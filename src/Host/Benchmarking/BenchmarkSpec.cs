@@ -28,6 +28,8 @@ public sealed record BenchmarkSpec
     public string Device { get; init; } = "cpu";
     public int Threads { get; init; }
     public bool CpuArena { get; init; }
+    /// <summary>Mixed policies keep 16-bit activations on a provider without 16-bit matrix kernels (train's --low-precision-activations).</summary>
+    public bool LowPrecisionActivations { get; init; }
     public double Lr { get; init; } = 1e-4;
     public double WeightDecay { get; init; } = 0.05;
     public string Optimizer { get; init; } = "adamw";

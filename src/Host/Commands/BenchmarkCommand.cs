@@ -37,6 +37,7 @@ public static class BenchmarkCommand
         var device = new Option<string>("--device") { Description = "cpu, cuda or cuda:N", DefaultValueFactory = _ => "cpu" };
         var threads = new Option<int>("--threads") { Description = "Intra-op threads (0 = ORT default)" };
         var arena = new Option<bool>("--cpu-arena") { Description = "ORT's CPU memory arena (train's default: on)", DefaultValueFactory = _ => true };
+        var lowActivations = new Option<bool>("--low-precision-activations") { Description = "Mixed policies keep 16-bit activations on the CPU, as on a GPU (train's option of that name)" };
         var optimizer = new Option<string>("--optimizer") { Description = "sgd, adam or adamw", DefaultValueFactory = _ => "adamw" };
         var lr = new Option<double>("--lr") { Description = "Learning rate", DefaultValueFactory = _ => 1e-4 };
         var wd = new Option<double>("--weight-decay") { Description = "Weight decay", DefaultValueFactory = _ => 0.05 };
@@ -49,7 +50,7 @@ public static class BenchmarkCommand
         var output = new Option<string?>("--output") { Description = "Output folder (default benchmarks/<time>)" };
         var cmd = new Command("benchmark", "Measure step time, throughput, peak memory and FLOP/s per precision policy; write benchmark.json, benchmark.md and PNG charts.")
         {
-            model, dataset, dataDir, limit, batch, precisions, warmup, steps, epochs, imageSize, classes, device, threads, arena,
+            model, dataset, dataDir, limit, batch, precisions, warmup, steps, epochs, imageSize, classes, device, threads, arena, lowActivations,
             optimizer, lr, wd, clip, seed, weights, workers, profile, noPeak, output,
         };
         cmd.SetAction((r, ct) =>
@@ -65,7 +66,7 @@ public static class BenchmarkCommand
                 BatchSize = r.GetValue(batch),
                 Precisions = (r.GetValue(precisions) ?? []).SelectMany(p => p.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)).ToArray(),
                 Warmup = r.GetValue(warmup), Steps = r.GetValue(steps), Epochs = r.GetValue(epochs), ImageSize = r.GetValue(imageSize),
-                Classes = r.GetValue(classes), Device = r.GetValue(device)!, Threads = r.GetValue(threads), CpuArena = r.GetValue(arena),
+                Classes = r.GetValue(classes), Device = r.GetValue(device)!, Threads = r.GetValue(threads), CpuArena = r.GetValue(arena), LowPrecisionActivations = r.GetValue(lowActivations),
                 Optimizer = r.GetValue(optimizer)!, Lr = r.GetValue(lr), WeightDecay = r.GetValue(wd), MaxGradNorm = r.GetValue(clip),
                 Seed = r.GetValue(seed), Weights = r.GetValue(weights) is { } w ? Path.GetFullPath(w) : null, Workers = r.GetValue(workers), Profile = r.GetValue(profile), MeasurePeak = !r.GetValue(noPeak),
                 PluginFolders = HostSetup.PluginFolders(config).Select(Path.GetFullPath).ToArray(),

@@ -38,6 +38,14 @@ public static class RunSetup
         public double? LayerDecay { get; init; }
         /// <summary>Compile the optimizer for a head-only warm-up (<see cref="OptimizerOptions.HeadParameters"/>); the caller sets <see cref="Trainer.UpdateBody"/>.</summary>
         public bool HeadWarmup { get; init; }
+        /// <summary>
+        /// Gradients accumulated in the graph over several TrainSteps, in persistent buffers (true, the default), or transient:
+        /// the training model's gradients come out in the optimizer's buckets, exist from their first write to the optimizer
+        /// step, and each TrainStep needs its OptimizerStep (Optimizers.GradientBuckets; less memory).
+        /// </summary>
+        public bool GradientAccumulation { get; init; } = true;
+        /// <summary><see cref="CompileOptions.LowPrecisionActivations"/>: mixed policies keep 16-bit activations where the provider lacks 16-bit kernels.</summary>
+        public bool LowPrecisionActivations { get; init; }
     }
 
     /// <param name="setting">How the user named the setting, for the error message (e.g. "--precision").</param>
@@ -77,9 +85,9 @@ public static class RunSetup
         var model = CreateModel(catalog, r);
         var compiled = TrainingCompiler.Compile(model.Forward, new CompileOptions
         {
-            GradientAccumulation = true, Trainable = r.Trainable, Freeze = r.Freeze,
+            GradientAccumulation = r.GradientAccumulation, Trainable = r.Trainable, Freeze = r.Freeze,
             Loss = new LossOptions { LabelSmoothing = r.LabelSmoothing },
-            Precision = r.Policy, Kernels = kernels,
+            Precision = r.Policy, Kernels = kernels, LowPrecisionActivations = r.LowPrecisionActivations,
         });
         var notes = new List<string>();
         var multipliers = LayerDecayMultipliers(model, r, compiled.Parameters, notes);
@@ -93,6 +101,7 @@ public static class RunSetup
                 LrMultipliers = multipliers ?? r.Optimizer.LrMultipliers, HeadParameters = head ?? r.Optimizer.HeadParameters,
             },
             compiled.TrainingModel.OpsetOf(""), kernels);
+        if (!r.GradientAccumulation) GradientBuckets.Apply(compiled.TrainingModel, OptimizerBucket.Read(optimizer));
         return new Compiled(model, r.Policy, compiled, optimizer, kernels, notes);
     }
 

@@ -94,7 +94,8 @@ public sealed class TrainRun(TrainSettings s, PluginCatalog catalog, ILogger log
         {
             Model = s.Model, Classes = classes, ImageSize = s.ImageSize, Seed = s.Seed, Weights = s.Weights, WeightsFormat = s.WeightsFormat, ModelFile = s.ModelFile,
             Trainable = s.Trainable, Freeze = s.Freeze, LabelSmoothing = s.LabelSmoothing, Policy = policy,
-            LayerDecay = s.LayerDecay, HeadWarmup = s.HeadWarmupEpochs > 0,
+            LayerDecay = s.LayerDecay, HeadWarmup = s.HeadWarmupEpochs > 0, GradientAccumulation = s.GradientAccumulation > 1,
+            LowPrecisionActivations = s.LowPrecisionActivations,
             Optimizer = new OptimizerOptions { Type = s.Optimizer, WeightDecay = s.WeightDecay, Momentum = s.Optimizer == "sgd" ? s.Momentum : 0, MaxGradNorm = s.MaxGradNorm },
         }, device);
         var compiled = setup.Artifacts;

@@ -113,13 +113,14 @@ public class MemoryModelTests(ITestOutputHelper log)
 
     /// <summary>
     /// Mixed policies on the CPU (no 16-bit matrix kernels): with CompileOptions.LowPrecisionActivations the activations at
-    /// the step's peak drop to at most 0.8x those of 32-true (memory model in ORT's execution order: 0.77x, 737 of 951 MiB;
-    /// without it 1.00x; issue 11's target, 0.6x, is not reached: the 16-bit weight copies the backward reads, 158 MiB, and
-    /// the fp32 GELU-gradient temporaries are what is left). ViT-B/16 geometry (12 layers, d 768), batch 8. (An earlier
-    /// figure, 0.64x, was taken in a node order shape inference had re-sorted, not the order ORT runs.)
+    /// the step's peak drop to at most 0.65x those of 32-true (memory model in ORT's execution order: 0.61x, 559 of 914 MiB,
+    /// with the 16-bit weight copies recomputed in the backward; without them 0.77x; without the option 1.00x; issue 11's
+    /// target, 0.6x, is not quite reached: the peak is the last layer's GELU, computed in fp32 between casts on the CPU).
+    /// ViT-B/16 geometry (12 layers, d 768), batch 8. (An earlier figure, 0.64x, was taken in a node order shape inference
+    /// had re-sorted, not the order ORT runs.)
     /// </summary>
     [Fact]
-    public void MixedActivationsWithLowPrecisionActivationsAreAtMostFourFifthsOfFp32()
+    public void MixedActivationsWithLowPrecisionActivationsAreAtMostTwoThirdsOfFp32()
     {
         var model = VitBuilder.Build(new VitConfig { ImageSize = 224, PatchSize = 16, Layers = 12, Heads = 12, Hidden = 768, MlpDim = 3072, NumClasses = 1000 }, seed: 1);
         var kernels = KernelProbe.For(DeviceSpec.Cpu);
@@ -133,7 +134,7 @@ public class MemoryModelTests(ITestOutputHelper log)
         long full = Peak(null, false), mixed = Peak(new Bf16Mixed(), false), low = Peak(new Bf16Mixed(), true);
         log.WriteLine($"activations at the peak: 32-true {full / 1048576.0:F0} MiB, bf16-mixed {mixed / 1048576.0:F0} MiB ({(double)mixed / full:F2}x), with 16-bit activations {low / 1048576.0:F0} MiB ({(double)low / full:F2}x)");
         Assert.Equal(full, mixed);
-        Assert.True(low <= 0.8 * full, $"{(double)low / full:F2}x");
+        Assert.True(low <= 0.65 * full, $"{(double)low / full:F2}x");
     }
 }
 

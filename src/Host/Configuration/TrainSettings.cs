@@ -84,7 +84,7 @@ public sealed class TrainSettings
     [Description("ORT's CPU memory arena: true (default; faster steps) or false (lower peak memory; see docs/benchmarks.md)")]
     public bool CpuArena { get; set; } = true;
     [Description("Mixed policies on a device without 16-bit matrix kernels (the CPU): keep the activations saved for the backward in 16 bits, "
-        + "as autocast does on a GPU (products still computed in fp32): less memory, slower steps (ViT-B/16 batch 8 on 2 cores: -9% peak, +23-42% step time). Default false")]
+        + "as autocast does on a GPU (products still computed in fp32): less memory, slower steps (ViT-B/16 batch 8 on 2 cores: -9% peak; step time +20% bf16-mixed, +3% 16-mixed; docs/benchmarks.md). Default false")]
     public bool LowPrecisionActivations { get; set; }
     [Description("Intra-op threads of ONNX Runtime, in one pool shared by the run's sessions (default 0 = one per core)")]
     public int Threads { get; set; }

@@ -71,6 +71,8 @@ public sealed class Trainer : IDisposable
     readonly List<OrtValue> _grads = new();
     /// <summary>The optimizer's gradient inputs (per bucket, else per parameter): persistent buffers, or with transient gradients the training run's outputs of the same names.</summary>
     readonly List<(string Name, DataType Type, long Count)> _gradInputs = new();
+    /// <summary>The persistent gradient buffers by optimizer input name (empty with transient gradients).</summary>
+    readonly Dictionary<string, OrtValue> _persistentGradients = new();
     readonly bool _transientGrads;
     /// <summary>With transient gradients: the last training run's outputs (its gradients among them) until OptimizerStep consumes them.</summary>
     IDisposableReadOnlyCollection<OrtValue>? _stepOutputs;
@@ -186,6 +188,9 @@ public sealed class Trainer : IDisposable
         _gradInputs.AddRange(_buckets.Count > 0
             ? _buckets.Select(b => (b.Bucket.Name + "_grad", b.Bucket.Type, b.Bucket.Elements))
             : _params.Select(p => (TrainingArtifacts.GradName(p.Name), p.Type, Count(p.Shape))));
+        if (!_transientGrads)
+            for (int i = 0; i < _gradInputs.Count; i++)
+                _persistentGradients[_gradInputs[i].Name] = _buckets.Count > 0 ? _buckets[i].Grads!.Value.Flat : _grads[i];
         if (_transientGrads && _gradInputs.FirstOrDefault(x => tg.Outputs.All(o => o.Name != x.Name)).Name is { } missing)
             throw new TrainingException($"the training model has no gradient accumulation inputs and no output '{missing}' for the optimizer model's gradient input of that name; " +
                 "compile it with gradient accumulation (ortfinetune compile --gradient-accumulation), or with its gradients in the optimizer's buckets (Optimizers.GradientBuckets)");
@@ -249,18 +254,14 @@ public sealed class Trainer : IDisposable
             foreach (var fb in _buckets)
             {
                 BindInPlace(fb.Bucket.Name, fb.Params.Flat);
-                if (fb.Grads is { } grads) _optimBinding.BindInput(fb.Bucket.Name + "_grad", grads.Flat);
                 foreach (var (suffix, st) in fb.States) BindInPlace(OptimizerBuilder.StateName(fb.Bucket.Name, suffix), st.Flat);
             }
         else
         {
-            for (int i = 0; i < _params.Count; i++)
-            {
-                BindInPlace(_params[i].Name, _params[i].Value);
-                if (!_transientGrads) _optimBinding.BindInput(_params[i].Name + "_grad", _grads[i]);
-            }
+            foreach (var p in _params) BindInPlace(p.Name, p.Value);
             foreach (var s in _states) BindInPlace(s.Name, s.Value);
         }
+        foreach (var (name, v) in _persistentGradients) _optimBinding.BindInput(name, v);
         _optimBinding.BindOutput(OptimizerBuilder.AllFinite, _allFinite);
         _optimBinding.BindOutput(OptimizerBuilder.GradNorm, _gradNorm);
 
@@ -282,11 +283,8 @@ public sealed class Trainer : IDisposable
         : _params.Select(p => (p.Value, p.Type, Count(p.Shape)));
 
     /// <summary>The gradients as the optimizer reads them (with transient gradients: the last training run's).</summary>
-    IEnumerable<(OrtValue Value, DataType Type, long Count)> GradientBuffers() => _transientGrads
-        ? _gradInputs.Select(x => (_stepGradients![x.Name], x.Type, x.Count))
-        : _buckets.Count > 0
-            ? _buckets.Select(b => (b.Grads!.Value.Flat, b.Bucket.Type, b.Bucket.Elements))
-            : _params.Select((p, i) => (_grads[i], p.Type, Count(p.Shape)));
+    IEnumerable<(OrtValue Value, DataType Type, long Count)> GradientBuffers() =>
+        _gradInputs.Select(x => ((_stepGradients ?? _persistentGradients)[x.Name], x.Type, x.Count));
 
     static long Count(long[] shape) => shape.Aggregate(1L, (a, b) => a * b);
 

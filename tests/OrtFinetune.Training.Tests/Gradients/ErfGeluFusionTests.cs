@@ -155,34 +155,36 @@ public class ErfGeluFusionTests(ITestOutputHelper log)
         Assert.Equal(before, m.Graph.Nodes);
     }
 
+    /// <summary>input -> Gemm(w1, b1) -> erf GELU (Constant nodes) -> Gemm(w2, b2) -> logits.</summary>
+    static Model Mlp()
+    {
+        var m = new Model();
+        m.Opsets[""] = 17;
+        var g = m.Graph;
+        g.Initializers["w1"] = Tensor.OfType("w1", DataType.Float, GradCheck.RandnValues(11, 24, 0.5), 6, 4);
+        g.Initializers["b1"] = Tensor.OfType("b1", DataType.Float, GradCheck.RandnValues(12, 6, 0.1), 6);
+        g.Initializers["w2"] = Tensor.OfType("w2", DataType.Float, GradCheck.RandnValues(13, 18, 0.5), 3, 6);
+        g.Initializers["b2"] = Tensor.OfType("b2", DataType.Float, GradCheck.RandnValues(14, 3, 0.1), 3);
+        // Constants as Constant nodes, as exporters write them (float initializers would be trainable parameters).
+        foreach (var (name, v) in new[] { ("sqrt2", Math.Sqrt(2)), ("one", 1.0), ("half", 0.5) })
+            g.Nodes.Add(new Node("Constant", [], [name], name + "_const").Set(NodeAttribute.Of("value", Tensor.OfType(name, DataType.Float, [v]))));
+        g.Inputs.Add(new ValueInfo("input", new TensorType(DataType.Float, [new Dim("N"), 4])));
+        g.Nodes.Add(new Node("Gemm", ["input", "w1", "b1"], ["u"], "fc1").Set(NodeAttribute.Of("transB", 1L)));
+        g.Nodes.Add(new Node("Div", ["u", "sqrt2"], ["z"], "div"));
+        g.Nodes.Add(new Node("Erf", ["z"], ["e"], "erf"));
+        g.Nodes.Add(new Node("Add", ["e", "one"], ["p"], "add"));
+        g.Nodes.Add(new Node("Mul", ["u", "p"], ["q"], "mul"));
+        g.Nodes.Add(new Node("Mul", ["q", "half"], ["a"], "mul_1"));
+        g.Nodes.Add(new Node("Gemm", ["a", "w2", "b2"], ["logits"], "fc2").Set(NodeAttribute.Of("transB", 1L)));
+        g.Outputs.Add(new ValueInfo("logits", new TensorType(DataType.Float, [new Dim("N"), 3])));
+        return m;
+    }
+
     [Fact]
     public void TrainingCompilerKeepsTheModelsNodesAndTheGradientOfTheUnfusedGraph()
     {
         // Gemm -> GELU -> Gemm -> logits, compiled for training (the whole pipeline: loss, autodiff, accumulation order): the same node multiset as the unfused
         // compile except for the backward, and the same parameter gradients.
-        static Model Mlp()
-        {
-            var m = new Model();
-            m.Opsets[""] = 17;
-            var g = m.Graph;
-            g.Initializers["w1"] = Tensor.OfType("w1", DataType.Float, GradCheck.RandnValues(11, 24, 0.5), 6, 4);
-            g.Initializers["b1"] = Tensor.OfType("b1", DataType.Float, GradCheck.RandnValues(12, 6, 0.1), 6);
-            g.Initializers["w2"] = Tensor.OfType("w2", DataType.Float, GradCheck.RandnValues(13, 18, 0.5), 3, 6);
-            g.Initializers["b2"] = Tensor.OfType("b2", DataType.Float, GradCheck.RandnValues(14, 3, 0.1), 3);
-            // Constants as Constant nodes, as exporters write them (float initializers would be trainable parameters).
-            foreach (var (name, v) in new[] { ("sqrt2", Math.Sqrt(2)), ("one", 1.0), ("half", 0.5) })
-                g.Nodes.Add(new Node("Constant", [], [name], name + "_const").Set(NodeAttribute.Of("value", Tensor.OfType(name, DataType.Float, [v]))));
-            g.Inputs.Add(new ValueInfo("input", new TensorType(DataType.Float, [new Dim("N"), 4])));
-            g.Nodes.Add(new Node("Gemm", ["input", "w1", "b1"], ["u"], "fc1").Set(NodeAttribute.Of("transB", 1L)));
-            g.Nodes.Add(new Node("Div", ["u", "sqrt2"], ["z"], "div"));
-            g.Nodes.Add(new Node("Erf", ["z"], ["e"], "erf"));
-            g.Nodes.Add(new Node("Add", ["e", "one"], ["p"], "add"));
-            g.Nodes.Add(new Node("Mul", ["u", "p"], ["q"], "mul"));
-            g.Nodes.Add(new Node("Mul", ["q", "half"], ["a"], "mul_1"));
-            g.Nodes.Add(new Node("Gemm", ["a", "w2", "b2"], ["logits"], "fc2").Set(NodeAttribute.Of("transB", 1L)));
-            g.Outputs.Add(new ValueInfo("logits", new TensorType(DataType.Float, [new Dim("N"), 3])));
-            return m;
-        }
         var art = TrainingCompiler.Compile(Mlp());
         var tg = art.TrainingModel.Graph;
         foreach (var n in Mlp().Graph.Nodes) Assert.Contains(tg.Nodes, c => c.Name == n.Name && c.OpType == n.OpType && c.Inputs.SequenceEqual(n.Inputs));
@@ -209,5 +211,44 @@ public class ErfGeluFusionTests(ITestOutputHelper log)
         foreach (var n in names)
             for (int i = 0; i < a[n].Values.Length; i++)
                 Assert.True(Math.Abs(a[n].Values[i] - b[n].Values[i]) <= 1e-6 + 1e-5 * Math.Abs(b[n].Values[i]), $"{n}[{i}]: {a[n].Values[i]} vs {b[n].Values[i]}");
+    }
+
+    [Fact]
+    public void Under16BitAutocastTheBackwardKeepsThe16BitInputAndMatchesTheNodeRules()
+    {
+        // Autocast computes a 16-bit GELU in fp32 between a Cast in and a Cast out (Precision.AutocastPass); the composite
+        // takes the casts in, so the backward reads the bfloat16 u (not its fp32 copy) and recomputes the derivative in fp32.
+        var m = Mlp();
+        OrtFinetune.Training.Compiler.Precision.AutocastPass.Run(m, DataType.BFloat16, new OrtFinetune.Abstractions.AutocastLists());
+        var widened = m.Graph.Nodes.Single(n => n.OpType == "Cast" && n.Inputs[0] == "u").Output(0);
+        var cpu = OrtFinetune.Training.Runtime.KernelProbe.For(OrtFinetune.Training.Runtime.DeviceSpec.Cpu);
+        var art = TrainingCompiler.Compile(m.Clone(), new CompileOptions { Kernels = cpu });
+        var tg = art.TrainingModel.Graph;
+        Assert.Equal(DataType.BFloat16, tg.TypeOf("u")!.ElemType);
+        Assert.Equal(new[] { "div", "mul" }, tg.Nodes.Where(n => n.Inputs.Contains(widened)).Select(n => n.Name).Order());
+        Assert.DoesNotContain(tg.Nodes, n => n.Name is not ("div" or "erf" or "add" or "mul" or "mul_1") && n.Inputs.Intersect(["z", "e", "p", "q"]).Any());
+        Assert.Contains(tg.Nodes, n => n.Inputs.Contains("u") && n.Name.Contains("erf_gelu_grad"));
+
+        var registry = new OrtFinetune.Training.Compiler.Autodiff.GradientRegistry();
+        foreach (var rule in OrtFinetune.Training.Compiler.Autodiff.GradientRegistry.CreateDefault().Rules.Where(r => r.Domain != ErfGeluFusion.Domain))
+            if (rule.Build != null) registry.Add(rule.OpType, rule.Build, rule.Inputs, rule.Outputs, rule.Domain); else registry.NotDifferentiable(rule.OpType);
+        var plain = TrainingCompiler.Compile(m.Clone(), new CompileOptions { Kernels = cpu }, registry).TrainingModel;
+        Assert.Contains(plain.Graph.Nodes, n => n.Inputs.Contains(widened) && n.Name is not ("div" or "mul"));   // the node rules read the fp32 copy
+        var feeds = new Dictionary<string, HostTensor>
+        {
+            ["input"] = HostTensor.F32(GradCheck.RandnValues(21, 20), 5, 4),
+            ["labels"] = HostTensor.I64([0, 2, 1, 1, 0], 5),
+        };
+        foreach (var p in art.Parameters) feeds[p.Name] = HostTensor.FromTensor(p).As(DataType.Float);
+        var names = art.Parameters.Select(p => TrainingArtifacts.GradName(p.Name)).ToList();
+        Dictionary<string, HostTensor> a, b;
+        using (var r = new OrtRunner(art.TrainingModel)) a = r.Run(feeds, names);
+        using (var r = new OrtRunner(plain)) b = r.Run(feeds, names);
+        // Both compute the derivative in fp32 from the same bfloat16 values and round once, at the Cast back to u's type:
+        // they differ by fp32 rounding, so by at most one bfloat16 step of the gradient reaching w1 and b1.
+        double scale = names.SelectMany(n => b[n].Values).Max(Math.Abs);
+        foreach (var n in names)
+            for (int i = 0; i < a[n].Values.Length; i++)
+                Assert.True(Math.Abs(a[n].Values[i] - b[n].Values[i]) <= 1e-2 * Math.Abs(b[n].Values[i]) + 1e-3 * scale, $"{n}[{i}]: {a[n].Values[i]} vs {b[n].Values[i]}");
     }
 }

@@ -19,7 +19,9 @@ namespace OrtFinetune.Training.Compiler.Fusion;
 /// <see cref="Unfuse"/> then puts the original nodes back, so the forward computes exactly what the
 /// model wrote (same ops, same constants, standard ONNX only) and its intermediates die at once.
 /// </para>
-/// A chain is matched only when its intermediates have no other consumer and are not graph outputs.
+/// A chain is matched only when its intermediates have no other consumer and are not graph outputs. A chain computed in
+/// fp32 between a Cast of a 16-bit x and a Cast back (how Precision.AutocastPass writes a 16-bit GELU, which also fuses
+/// and unfuses chains with this class) is one composite with the casts: its input and output are the 16-bit values.
 /// </summary>
 public static class ErfGeluFusion
 {
@@ -30,7 +32,10 @@ public static class ErfGeluFusion
     public sealed class Fused
     {
         internal Dictionary<Node, List<Node>> Originals { get; } = new(ReferenceEqualityComparer.Instance);
+        /// <summary>Each composite's input and output names as fused, so that <see cref="Unfuse"/> follows a pass that renamed them.</summary>
+        internal Dictionary<Node, (string[] Inputs, string Output)> Ends { get; } = new(ReferenceEqualityComparer.Instance);
         public int Count => Originals.Count;
+        public bool Contains(Node composite) => Originals.ContainsKey(composite);
     }
 
     /// <summary>Replaces every erf-GELU chain of <paramref name="g"/> by a composite node (in place).</summary>
@@ -59,6 +64,7 @@ public static class ErfGeluFusion
         {
             foreach (var c in chain) first[c] = composite;
             fused.Originals[composite] = chain;
+            fused.Ends[composite] = ([.. composite.Inputs], composite.Output(0));
         }
         var placed = new HashSet<Node>(ReferenceEqualityComparer.Instance);
         var nodes = new List<Node>(g.Nodes.Count);
@@ -73,12 +79,26 @@ public static class ErfGeluFusion
         return fused;
     }
 
-    /// <summary>Puts the original nodes back in place of each composite node of <paramref name="fused"/>.</summary>
+    /// <summary>
+    /// Puts the original nodes back in place of each composite node of <paramref name="fused"/>; where a pass renamed the
+    /// composite's inputs or output since (Precision.AutocastPass casting them), the chain reads and writes the new names.
+    /// </summary>
     public static void Unfuse(Graph g, Fused fused)
     {
         for (int i = 0; i < g.Nodes.Count; i++)
             if (fused.Originals.TryGetValue(g.Nodes[i], out var chain))
             {
+                var composite = g.Nodes[i];
+                var (inputs, output) = fused.Ends[composite];
+                foreach (var n in chain)
+                {
+                    for (int k = 0; k < n.Inputs.Count; k++)
+                    {
+                        int at = Array.IndexOf(inputs, n.Inputs[k]);
+                        if (at >= 0) n.Inputs[k] = composite.Inputs[at];
+                    }
+                    for (int k = 0; k < n.Outputs.Count; k++) if (n.Outputs[k] == output) n.Outputs[k] = composite.Output(0);
+                }
                 g.Nodes.RemoveAt(i);
                 g.Nodes.InsertRange(i, chain);
                 i += chain.Count - 1;
@@ -97,9 +117,12 @@ public static class ErfGeluFusion
         var t = c.ElemType(c.I(0));
         bool low = t is DataType.Float16 or DataType.BFloat16;
         var ct = low ? DataType.Float : t;
+        // x and the output gradient have x's type; the constants are x's type, or fp32 where autocast computes a 16-bit
+        // x's GELU in float (Precision.AutocastPass).
         string Up(string v) => low ? b.Cast(v, DataType.Float) : v;
+        string UpConst(string v) => low && c.ElemType(v) != DataType.Float ? b.Cast(v, DataType.Float) : v;
         var gy = Up(c.GO(0)!);
-        var (x, scale, add, half) = (Up(c.I(0)), Up(c.I(1)), Up(c.I(2)), Up(c.I(3)));
+        var (x, scale, add, half) = (Up(c.I(0)), UpConst(c.I(1)), UpConst(c.I(2)), UpConst(c.I(3)));
         bool div = c.Node.GetString("scale", "Div") == "Div";
         // Written from z alone (x = z·C or z/C), so that x dies at once and at most three tensors of x's size are
         // resident at a time: ORT runs an Add's later-emitted input first, here the e^(−z²) branch, then erf.
@@ -166,10 +189,25 @@ public static class ErfGeluFusion
         foreach (var cst in new[] { scale, add, half })
             if (ConstantScalar(g, cst, producers) is not { } t || (t.Dims.Length > 0 && (rank == null || rank < t.Dims.Length))) return null;
 
-        var composite = new Node(OpType, [x, scale, add, half], [y], chain[^1].Name.Length > 0 ? chain[^1].Name + "/erf_gelu" : "", Domain)
+        var name = chain[^1].Name.Length > 0 ? chain[^1].Name + "/erf_gelu" : "";
+        // Computed in float for a 16-bit x (as Precision.AutocastPass writes it): Cast(x -> fp32), the chain, Cast back to
+        // x's type. The casts belong to the composite, whose input and output are then the 16-bit values: the backward
+        // keeps the 16-bit x and computes the derivative in fp32 from it.
+        if (producers.TryGetValue(x, out var widen) && IsCast(widen, DataType.Float) && !outputs.Contains(x)
+            && g.TypeOf(widen.Input(0))?.ElemType is DataType.Float16 or DataType.BFloat16
+            && consumers.TryGetValue(x, out var xs) && xs.All(chain.Contains)
+            && Only(y) is { } narrow && IsCast(narrow, g.TypeOf(widen.Input(0))!.ElemType))
+        {
+            chain = [widen, .. chain, narrow];
+            (x, y) = (widen.Input(0), narrow.Output(0));
+        }
+
+        var composite = new Node(OpType, [x, scale, add, half], [y], name, Domain)
             .Set(NodeAttribute.Of("scale", scaleOp));
         return (composite, chain);
     }
+
+    static bool IsCast(Node n, DataType to) => n.OpType == "Cast" && n.Domain == "" && n.Inputs.Count == 1 && n.GetInt("to", 0) == (long)to;
 
     /// <summary>A one-element float constant (initializer or Constant node), or null.</summary>
     static Tensor? ConstantScalar(Graph g, string v, Dictionary<string, Node> producers) =>

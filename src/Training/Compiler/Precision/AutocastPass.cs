@@ -19,6 +19,12 @@ namespace OrtFinetune.Training.Compiler.Precision;
 /// dtype, shared by all consumers; a value that is itself a widening cast of a 16-bit value is
 /// replaced by that value instead of being cast back). Parameters stay fp32 initializers (master
 /// weights); graph outputs keep their dtype. Autodiff's Cast rule then brings gradients back to fp32.
+/// <para>
+/// The erf GELU (five nodes, Fusion.ErfGeluFusion) is one op here, as in PyTorch: for a 16-bit input it is computed in
+/// fp32 with the model's own constants and rounded once to the input's type (PyTorch's 16-bit GELU kernels compute in
+/// float), not node by node in 16 bits with rounded constants. Where the provider lacks 16-bit kernels for its nodes, this
+/// also holds two fp32 tensors of x's size at once instead of three (the fallback casts around each node).
+/// </para>
 /// </summary>
 public static class AutocastPass
 {
@@ -40,6 +46,7 @@ public static class AutocastPass
         var constantNodes = new Dictionary<string, Node>();
         foreach (var n in g.Nodes) if (n.OpType == "Constant" && n.Domain == "") { constants.Add(n.Output(0)); constantNodes[n.Output(0)] = n; }
 
+        var gelus = Fusion.ErfGeluFusion.Fuse(g);
         var castOf = new Dictionary<(string, DataType), string>();
         var widenedFrom = new Dictionary<string, string>();
         var nodes = new List<Node>(g.Nodes.Count * 2);
@@ -83,6 +90,7 @@ public static class AutocastPass
                 continue;
             }
             DataType target;
+            var geluInput = gelus.Contains(n) ? Cur(n.Inputs[0]) : DataType.Undefined;
             if (n.Domain != "" || lists.FullPrecision.Contains(n.OpType)) target = DataType.Float;
             else if (lists.LowPrecision.Contains(n.OpType)) target = low;
             else
@@ -105,9 +113,21 @@ public static class AutocastPass
                 if (OpDtypes.IsFloat32OrHalf(ot) && OpDtypes.TiedOutput(n, k)) cur[o] = target;
             }
             nodes.Add(n);
+            if (OpDtypes.IsHalf(geluInput))
+            {
+                // The GELU's fp32 result, rounded once to its input's type.
+                var y = n.Output(0);
+                var wide = n.Outputs[0] = b.Unique($"{y}/gelu_fp32");
+                cur[wide] = DataType.Float;
+                cur[y] = geluInput;
+                if (g.TypeOf(y) is { } yt) g.ValueTypes[wide] = yt with { ElemType = DataType.Float };
+                nodes.Add(new Node("Cast", [wide], [y], b.Unique("autocast/Cast")).Set(NodeAttribute.Of("to", (long)geluInput)));
+                casts++;
+            }
         }
         g.Nodes.Clear();
         g.Nodes.AddRange(nodes);
+        Fusion.ErfGeluFusion.Unfuse(g, gelus);
 
         foreach (var (v, t) in cur)
             if (g.TypeOf(v) is { } tt && tt.ElemType != t && !g.Initializers.ContainsKey(v)) g.ValueTypes[v] = tt with { ElemType = t };

@@ -9,7 +9,8 @@ namespace OrtFinetune.Training.Compiler.Precision;
 /// their gradients and optimizer state are stored in it), Casts to fp32 inside the graph cast to
 /// <c>storage</c> instead, fp32 graph inputs are cast to <c>storage</c> at entry and fp32 graph outputs
 /// cast back at exit (so logits and the loss are fp32). Operands of a different type variable that
-/// must stay fp32 (Resize scales, ...) are left alone.
+/// must stay fp32 (Resize scales, ...) are left alone. The erf GELU is one op computed in fp32 with the model's own
+/// constants and rounded once to 16 bits, as PyTorch's 16-bit GELU kernels do (see <see cref="AutocastPass"/>).
 /// </summary>
 public static class ConvertPass
 {
@@ -20,8 +21,10 @@ public static class ConvertPass
         var g = model.Graph;
         ShapeInference.Infer(model);
         var b = new GraphBuilder(g, model.OpsetOf(""));
+        var gelus = OpDtypes.IsHalf(storage) ? Fusion.ErfGeluFusion.Fuse(g) : new Fusion.ErfGeluFusion.Fused();
         var consumers = g.Consumers();
-        bool OnlyUntied(string v) => consumers.TryGetValue(v, out var cs) && cs.All(c =>
+        // A GELU's constants stay fp32 (where only GELUs read them): the GELU computes in fp32.
+        bool OnlyUntied(string v) => consumers.TryGetValue(v, out var cs) && cs.All(c => gelus.Contains(c) && c.Inputs[0] != v ||
             Enumerable.Range(0, c.Inputs.Count).Where(i => c.Inputs[i] == v).All(i => !OpDtypes.TiedInput(c, i) || c.OpType == "CastLike"));
 
         foreach (var (name, t) in g.Initializers.ToList())
@@ -39,6 +42,22 @@ public static class ConvertPass
             else if (n.OpType == "ConstantOfShape" && n.Attr("value")?.T is { Type: DataType.Float } cv && !OnlyUntied(n.Output(0)))
                 n.Set(NodeAttribute.Of("value", Convert(cv, storage)));
         }
+        foreach (var n in g.Nodes.Where(gelus.Contains).ToList())
+        {
+            // x cast to fp32 at the GELU's input, its fp32 result rounded once; a constant shared with other nodes was
+            // converted with them and is read back in fp32.
+            for (int k = 0; k < n.Inputs.Count; k++)
+                if (k == 0 || g.Initializers.GetValueOrDefault(n.Inputs[k])?.Type == storage || g.Nodes.Any(c => c.OpType == "Constant" && c.Output(0) == n.Inputs[k] && c.Attr("value")?.T?.Type == storage))
+                {
+                    var up = b.Unique($"{n.Inputs[k]}/gelu_fp32");
+                    g.Nodes.Insert(g.Nodes.IndexOf(n), new Node("Cast", [n.Inputs[k]], [up], b.Unique("convert/Cast")).Set(NodeAttribute.Of("to", (long)DataType.Float)));
+                    n.Inputs[k] = up;
+                }
+            var y = n.Output(0);
+            var wide = n.Outputs[0] = b.Unique($"{y}/gelu_fp32");
+            g.Nodes.Insert(g.Nodes.IndexOf(n) + 1, new Node("Cast", [wide], [y], b.Unique("convert/Cast")).Set(NodeAttribute.Of("to", (long)storage)));
+        }
+        Fusion.ErfGeluFusion.Unfuse(g, gelus);
         foreach (var i in g.Inputs.Where(i => i.Type.ElemType == DataType.Float).ToList())
         {
             var cast = b.Unique($"{i.Name}/to_{AutocastPass.Short(storage)}");

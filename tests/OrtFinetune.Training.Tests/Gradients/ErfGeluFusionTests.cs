@@ -180,6 +180,30 @@ public class ErfGeluFusionTests(ITestOutputHelper log)
         return m;
     }
 
+    /// <summary>The default gradient rules without the composite's: the chain differentiated node by node.</summary>
+    static OrtFinetune.Training.Compiler.Autodiff.GradientRegistry NodeRulesOnly()
+    {
+        var registry = new OrtFinetune.Training.Compiler.Autodiff.GradientRegistry();
+        foreach (var rule in OrtFinetune.Training.Compiler.Autodiff.GradientRegistry.CreateDefault().Rules.Where(r => r.Domain != ErfGeluFusion.Domain))
+            if (rule.Build != null) registry.Add(rule.OpType, rule.Build, rule.Inputs, rule.Outputs, rule.Domain); else registry.NotDifferentiable(rule.OpType);
+        return registry;
+    }
+
+    /// <summary>The parameter gradients of <paramref name="art"/>'s training model and of <paramref name="other"/> on one batch of <see cref="Mlp"/>'s input.</summary>
+    static (List<string> Names, Dictionary<string, HostTensor> A, Dictionary<string, HostTensor> B) ParameterGradients(TrainingArtifacts art, Model other)
+    {
+        var feeds = new Dictionary<string, HostTensor>
+        {
+            ["input"] = HostTensor.F32(GradCheck.RandnValues(21, 20), 5, 4),
+            ["labels"] = HostTensor.I64([0, 2, 1, 1, 0], 5),
+        };
+        foreach (var p in art.Parameters) feeds[p.Name] = HostTensor.FromTensor(p).As(DataType.Float);
+        var names = art.Parameters.Select(p => TrainingArtifacts.GradName(p.Name)).ToList();
+        using var ra = new OrtRunner(art.TrainingModel);
+        using var rb = new OrtRunner(other);
+        return (names, ra.Run(feeds, names), rb.Run(feeds, names));
+    }
+
     [Fact]
     public void TrainingCompilerKeepsTheModelsNodesAndTheGradientOfTheUnfusedGraph()
     {
@@ -193,21 +217,9 @@ public class ErfGeluFusionTests(ITestOutputHelper log)
         Assert.DoesNotContain(tg.Nodes, n => !chain.Contains(n.Name) && n.Inputs.Intersect(["z", "e", "p", "q"]).Any());
 
         // Same gradients as the node-by-node backward (TrainingCompiler with a registry lacking the composite rule).
-        var registry = new OrtFinetune.Training.Compiler.Autodiff.GradientRegistry();
-        foreach (var rule in OrtFinetune.Training.Compiler.Autodiff.GradientRegistry.CreateDefault().Rules.Where(r => r.Domain != ErfGeluFusion.Domain))
-            if (rule.Build != null) registry.Add(rule.OpType, rule.Build, rule.Inputs, rule.Outputs, rule.Domain); else registry.NotDifferentiable(rule.OpType);
-        var plain = TrainingCompiler.Compile(Mlp(), registry: registry).TrainingModel;
+        var plain = TrainingCompiler.Compile(Mlp(), registry: NodeRulesOnly()).TrainingModel;
         Assert.Contains(plain.Graph.Nodes, n => n.Inputs.Contains("p") && n.Name != "mul");   // the node rules do read it
-        var feeds = new Dictionary<string, HostTensor>
-        {
-            ["input"] = HostTensor.F32(GradCheck.RandnValues(21, 20), 5, 4),
-            ["labels"] = HostTensor.I64([0, 2, 1, 1, 0], 5),
-        };
-        foreach (var p in art.Parameters) feeds[p.Name] = HostTensor.FromTensor(p).As(DataType.Float);
-        var names = art.Parameters.Select(p => TrainingArtifacts.GradName(p.Name)).ToList();
-        Dictionary<string, HostTensor> a, b;
-        using (var r = new OrtRunner(art.TrainingModel)) a = r.Run(feeds, names);
-        using (var r = new OrtRunner(plain)) b = r.Run(feeds, names);
+        var (names, a, b) = ParameterGradients(art, plain);
         foreach (var n in names)
             for (int i = 0; i < a[n].Values.Length; i++)
                 Assert.True(Math.Abs(a[n].Values[i] - b[n].Values[i]) <= 1e-6 + 1e-5 * Math.Abs(b[n].Values[i]), $"{n}[{i}]: {a[n].Values[i]} vs {b[n].Values[i]}");
@@ -229,21 +241,9 @@ public class ErfGeluFusionTests(ITestOutputHelper log)
         Assert.DoesNotContain(tg.Nodes, n => n.Name is not ("div" or "erf" or "add" or "mul" or "mul_1") && n.Inputs.Intersect(["z", "e", "p", "q"]).Any());
         Assert.Contains(tg.Nodes, n => n.Inputs.Contains("u") && n.Name.Contains("erf_gelu_grad"));
 
-        var registry = new OrtFinetune.Training.Compiler.Autodiff.GradientRegistry();
-        foreach (var rule in OrtFinetune.Training.Compiler.Autodiff.GradientRegistry.CreateDefault().Rules.Where(r => r.Domain != ErfGeluFusion.Domain))
-            if (rule.Build != null) registry.Add(rule.OpType, rule.Build, rule.Inputs, rule.Outputs, rule.Domain); else registry.NotDifferentiable(rule.OpType);
-        var plain = TrainingCompiler.Compile(m.Clone(), new CompileOptions { Kernels = cpu }, registry).TrainingModel;
+        var plain = TrainingCompiler.Compile(m.Clone(), new CompileOptions { Kernels = cpu }, NodeRulesOnly()).TrainingModel;
         Assert.Contains(plain.Graph.Nodes, n => n.Inputs.Contains(widened) && n.Name is not ("div" or "mul"));   // the node rules read the fp32 copy
-        var feeds = new Dictionary<string, HostTensor>
-        {
-            ["input"] = HostTensor.F32(GradCheck.RandnValues(21, 20), 5, 4),
-            ["labels"] = HostTensor.I64([0, 2, 1, 1, 0], 5),
-        };
-        foreach (var p in art.Parameters) feeds[p.Name] = HostTensor.FromTensor(p).As(DataType.Float);
-        var names = art.Parameters.Select(p => TrainingArtifacts.GradName(p.Name)).ToList();
-        Dictionary<string, HostTensor> a, b;
-        using (var r = new OrtRunner(art.TrainingModel)) a = r.Run(feeds, names);
-        using (var r = new OrtRunner(plain)) b = r.Run(feeds, names);
+        var (names, a, b) = ParameterGradients(art, plain);
         // Both compute the derivative in fp32 from the same bfloat16 values and round once, at the Cast back to u's type:
         // they differ by fp32 rounding, so by at most one bfloat16 step of the gradient reaching w1 and b1.
         double scale = names.SelectMany(n => b[n].Values).Max(Math.Abs);

@@ -521,9 +521,9 @@ public sealed class Trainer : IDisposable
     public void SaveCheckpoint(string path, IReadOnlyDictionary<string, string>? extra = null)
     {
         var ck = new CheckpointFile();
-        foreach (var p in _params) ck.Tensors.Add(new Tensor("param/" + p.Name, p.Type, p.Shape, _dev.Download(p.Value)));
-        foreach (var b in _buffers) ck.Tensors.Add(new Tensor("buffer/" + b.Name, b.Type, b.Shape, _dev.Download(b.Value)));
-        foreach (var s in _states) ck.Tensors.Add(new Tensor("optim/" + s.Name, s.Type, s.Shape, _dev.Download(s.Value)));
+        foreach (var p in _params) ck.Tensors.Add(new Tensor("param/" + p.Name, p.Type, p.Shape, _dev.HostBytes(p.Value)));
+        foreach (var b in _buffers) ck.Tensors.Add(new Tensor("buffer/" + b.Name, b.Type, b.Shape, _dev.HostBytes(b.Value)));
+        foreach (var s in _states) ck.Tensors.Add(new Tensor("optim/" + s.Name, s.Type, s.Shape, _dev.HostBytes(s.Value)));
         ck.Meta["fingerprint"] = Fingerprint;
         ck.Meta["optimizer"] = OptimizerType;
         ck.Meta["step"] = Step.ToString(CultureInfo.InvariantCulture);
@@ -587,7 +587,7 @@ public sealed class Trainer : IDisposable
         g.Outputs.Clear(); g.Outputs.AddRange(outs);
         var state = _params.Concat(_buffers).ToDictionary(p => p.Name);
         g.Inputs.RemoveAll(i => i.Name == _labels || state.ContainsKey(i.Name));
-        foreach (var p in state.Values) g.Initializers[p.Name] = new Tensor(p.Name, p.Type, p.Shape, _dev.Download(p.Value));
+        foreach (var p in state.Values) g.Initializers[p.Name] = new Tensor(p.Name, p.Type, p.Shape, _dev.HostBytes(p.Value));
         g.RemoveDeadNodes();
         g.Name = "inference";
         m.Metadata["ortfinetune.role"] = "inference";

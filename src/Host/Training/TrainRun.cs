@@ -136,6 +136,7 @@ public sealed class TrainRun(TrainSettings s, PluginCatalog catalog, ILogger log
         try { x.Trainer.LoadCheckpoint(s.Resume); }
         catch { x.Dispose(); throw; }
         log.LogInformation("loaded {Checkpoint} (step {Step})", s.Resume, x.Trainer.Step);
+        HostMemory.Release();   // the file's tensors, read to the host and copied into the trainer's
         return x;
     }
 
@@ -218,6 +219,7 @@ public sealed class TrainRun(TrainSettings s, PluginCatalog catalog, ILogger log
             if (extra.GetValueOrDefault("seed") is { } seed && seed != s.Seed.ToString(CultureInfo.InvariantCulture))
                 log.LogWarning("the checkpoint was trained with seed {Old}; continuing with seed {New} changes the data order", seed, s.Seed);
             log.LogInformation("resumed from {Checkpoint}: step {Step}, epoch {Epoch}, batch {Batch}", s.Resume, trainer.Step, startEpoch + 1, startBatch);
+            HostMemory.Release();   // the file's tensors, read to the host and copied into the trainer's
         }
 
         Dictionary<string, string> State(int epoch, int batch) => new()

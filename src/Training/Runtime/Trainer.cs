@@ -510,7 +510,7 @@ public sealed class Trainer : IDisposable
     public ulong StateDigest()
     {
         var h = new System.IO.Hashing.XxHash64();
-        foreach (var p in _params.Concat(_buffers)) h.Append(_dev.Download(p.Value));
+        foreach (var p in _params.Concat(_buffers)) h.Append(_dev.HostBytes(p.Value).Span);
         return h.GetCurrentHashAsUInt64();
     }
 

@@ -42,14 +42,12 @@ public static class ConvertPass
             else if (n.OpType == "ConstantOfShape" && n.Attr("value")?.T is { Type: DataType.Float } cv && !OnlyUntied(n.Output(0)))
                 n.Set(NodeAttribute.Of("value", Convert(cv, storage)));
         }
-        DataType? ConstantType(string v) => g.Initializers.TryGetValue(v, out var t) ? t.Type
-            : g.Nodes.FirstOrDefault(c => c.OpType == "Constant" && c.Output(0) == v)?.Attr("value")?.T?.Type;
         foreach (var n in g.Nodes.Where(gelus.Contains).ToList())
         {
             // x cast to fp32 at the GELU's input, its fp32 result rounded once; a constant shared with other nodes was
             // converted with them and is read back in fp32.
             for (int k = 0; k < n.Inputs.Count; k++)
-                if (k == 0 || ConstantType(n.Inputs[k]) != DataType.Float)
+                if (k == 0 || Autodiff.GradientContext.ConstantValue(g, n.Inputs[k])?.Type != DataType.Float)
                 {
                     var up = b.Unique($"{n.Inputs[k]}/gelu_fp32");
                     g.Nodes.Insert(g.Nodes.IndexOf(n), new Node("Cast", [n.Inputs[k]], [up], b.Unique("convert/Cast")).Set(NodeAttribute.Of("to", (long)DataType.Float)));
